@@ -1,0 +1,6 @@
+"""The frozen downstream model: T5 v1.1 with per-example PEFT slots."""
+
+from hyperflax.model.config import PRESETS, T5Config, preset
+from hyperflax.model.transformer import T5, fuse
+
+__all__ = ['PRESETS', 'T5', 'T5Config', 'fuse', 'preset']
