@@ -170,7 +170,10 @@ class Attention(nn.Module):
     return jnp.einsum('BTF,FD->BTD', out, wo.astype(cfg.compute_dtype))
 
   def _update_cache(self, k, v, mask, bias):
-    """Writes this step's key/value into the cache; returns all cached ones.
+    """Writes this step's keys/values into the cache; returns all cached ones.
+
+    A step may hold several tokens (HART writes two states per step); they
+    attend to each other and to everything cached before them.
 
     On the first call (cache creation, inputs of full length) it only
     allocates the cache and attends normally.
@@ -182,16 +185,15 @@ class Attention(nn.Module):
     if not initialized:
       return k, v, mask, bias
     batch, max_len = cached_k.value.shape[:2]
-    if k.shape[1] != 1:
-      raise ValueError(f'decode mode takes one token per step, got {k.shape[1]}')
+    step = k.shape[1]  # tokens written this step; they see each other (block-causal)
     i = index.value
     cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k, (0, i, 0, 0))
     cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v, (0, i, 0, 0))
-    index.value = i + 1
-    mask = (jnp.arange(max_len) <= i)[None, None, None, :]
-    mask = jnp.broadcast_to(mask, (batch, 1, 1, max_len))
-    if bias is not None:  # full [1, H, max_len, max_len] table: take row i
-      bias = jax.lax.dynamic_slice_in_dim(bias, i, 1, axis=2)
+    index.value = i + step
+    mask = (jnp.arange(max_len) < i + step)[None, None, None, :]
+    mask = jnp.broadcast_to(mask, (batch, 1, step, max_len))
+    if bias is not None:  # full [1, H, max_len, max_len] table: take rows i..i+step
+      bias = jax.lax.dynamic_slice_in_dim(bias, i, step, axis=2)
     return cached_k.value, cached_v.value, mask, bias
 
 

@@ -214,3 +214,18 @@ def fuse(encoded: Array, encoder_mask: Array, fusion_states: Array | None,
     fusion_mask = jnp.ones(fusion_states.shape[:2], bool)
   return (jnp.concatenate([fusion_states.astype(encoded.dtype), encoded], axis=1),
           jnp.concatenate([fusion_mask.astype(bool), encoder_mask], axis=1))
+
+
+def init_params(config: T5Config, rng: Array) -> dict:
+  """Random parameters (unboxed), initialised under `jit` (eager init is slow)."""
+  return nn.meta.unbox(jax.jit(_init_fn(config))(rng)['params'])
+
+
+def abstract_params(config: T5Config) -> dict:
+  """Parameter shapes and logical axes without allocating (`jax.eval_shape`)."""
+  return jax.eval_shape(_init_fn(config), jax.random.PRNGKey(0))['params']
+
+
+def _init_fn(config: T5Config):
+  tokens = jnp.ones((1, 4), jnp.int32)
+  return lambda rng: T5(config).init(rng, tokens, tokens)

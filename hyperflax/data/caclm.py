@@ -1,0 +1,195 @@
+"""Context-Augmented Conditional Language Modeling (paper §4.2).
+
+A window of `a + b + c + d` tokens (512 by default) is cut from a document
+into consecutive segments A, B, C, D. The downstream model reads B (32 tokens)
+and predicts C; the hypermodel reads A and D, each after its sentinel:
+
+  hyper_inputs   = <extra_id_0> A <extra_id_1> D </s>
+  encoder_inputs = B </s>
+  targets        = C           (a mid-document continuation: no EOS)
+
+Row `r` (= step * batch_size + b) of the stream uses document `r` of a fixed
+document order (per-epoch seeded permutations for in-memory corpora, TFDS's
+seeded order for C4): documents shorter than the window are extended with the
+following documents (EOS-separated), and the window offset is drawn from
+`default_rng([seed, r])`. So a batch is a pure function of (seed, step); an
+in-memory corpus resumes anywhere at no cost and a streamed one by skipping
+`step * batch_size` raw documents without tokenising them.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+
+from hyperflax.data.converters import pad_to
+from hyperflax.data.examples import Lengths
+from hyperflax.data.fewshot import DataStats
+from hyperflax.data.vocab import EOS_ID, PAD_ID, SEGMENT_A_ID, SEGMENT_D_ID
+
+log = logging.getLogger('hyperflax.data')
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+  """Segment lengths A, B, C, D (paper: 512 tokens in total, B = 32)."""
+  a: int = 176
+  b: int = 32
+  c: int = 128
+  d: int = 176
+
+  @property
+  def window(self) -> int:
+    return self.a + self.b + self.c + self.d
+
+  def check(self, lengths: Lengths) -> None:
+    need = {'hyper': self.a + self.d + 3, 'encoder': self.b + 1,
+            'decoder': self.c}
+    for k, v in need.items():
+      if getattr(lengths, k) < v:
+        raise ValueError(f'CACLM segments {self} need lengths.{k} >= {v}, got '
+                         f'{getattr(lengths, k)}')
+
+
+class InMemoryDocs:
+  """Random access to tokenised documents, one seeded permutation per epoch."""
+
+  def __init__(self, docs: Sequence[np.ndarray], seed: int):
+    if not docs:
+      raise ValueError('CACLM corpus has no documents')
+    self.docs, self.seed = docs, seed
+    self._perms: dict[int, np.ndarray] = {}
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    epoch, pos = divmod(i, len(self.docs))
+    if epoch not in self._perms:
+      if len(self._perms) > 4:
+        self._perms.clear()
+      self._perms[epoch] = np.random.default_rng(
+          [self.seed, epoch, 7]).permutation(len(self.docs))
+    return self.docs[self._perms[epoch][pos]]
+
+
+class StreamedDocs:
+  """Sequential access to a document stream that can start at any index.
+
+  Args:
+    open_at: `open_at(i)` returns an iterator of texts starting at document i.
+    tokenize: text -> ids.
+    start: first document index needed.
+  """
+
+  def __init__(self, open_at: Callable[[int], Iterator[str]],
+               tokenize: Callable[[str], list[int]], start: int = 0):
+    self._it = open_at(start)
+    self._tokenize = tokenize
+    self._buf: collections.deque = collections.deque()
+    self._base = start  # index of _buf[0]
+
+  def __getitem__(self, i: int) -> np.ndarray:
+    if i < self._base:
+      raise IndexError(f'streamed document {i} already consumed')
+    while i >= self._base + len(self._buf):
+      self._buf.append(np.asarray(self._tokenize(next(self._it)), np.int32))
+    return self._buf[i - self._base]
+
+  def release_before(self, i: int) -> None:
+    while self._buf and self._base < i:
+      self._buf.popleft()
+      self._base += 1
+
+
+class CaclmStream:
+  """Infinite CACLM batches.
+
+  Args:
+    docs: `InMemoryDocs` or `StreamedDocs`.
+    batch_size: rows per batch.
+    seed: seeds window offsets.
+    lengths: padded lengths of the batch fields.
+    segments: A-D lengths.
+    start_step: first step to yield.
+    name: for logs.
+  """
+
+  def __init__(self, docs, batch_size: int, seed: int = 0,
+               lengths: Lengths | None = None,
+               segments: Segments | None = None, start_step: int = 0,
+               name: str = 'caclm', max_fill_docs: int = 64):
+    self.docs, self.batch_size, self.seed = docs, batch_size, seed
+    self.segments = segments or Segments()
+    self.lengths = Lengths.make(lengths) if lengths is not None else Lengths(
+        hyper=self.segments.a + self.segments.d + 3,
+        encoder=self.segments.b + 1, decoder=self.segments.c)
+    self.segments.check(self.lengths)
+    self.start_step = start_step
+    self.stats = DataStats(name)
+    self.max_fill_docs = max_fill_docs
+
+  def window(self, row: int) -> np.ndarray:
+    """The `window`-token span for global row `row`."""
+    w = self.segments.window
+    parts, total, j = [], 0, row
+    while total < w:
+      if j - row >= self.max_fill_docs:
+        raise ValueError(f'CACLM: {self.max_fill_docs} consecutive documents '
+                         f'hold fewer than {w} tokens; is the corpus empty?')
+      doc = self.docs[j]
+      if parts:
+        parts.append(np.array([EOS_ID], np.int32))
+        total += 1
+      parts.append(doc)
+      total += len(doc)
+      j += 1
+    if j - row > 1:
+      self.stats.add('caclm', 'windows_packed_from_several_documents')
+    tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    offset = np.random.default_rng([self.seed, row]).integers(
+        0, len(tokens) - w + 1)
+    return tokens[offset:offset + w]
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    s, L = self.segments, self.lengths
+    hyper, enc, tgt = [], [], []
+    for b in range(self.batch_size):
+      win = self.window(step * self.batch_size + b).tolist()
+      a, bb = win[:s.a], win[s.a:s.a + s.b]
+      c, d = win[s.a + s.b:s.a + s.b + s.c], win[s.a + s.b + s.c:]
+      hyper.append(pad_to([SEGMENT_A_ID, *a, SEGMENT_D_ID, *d, EOS_ID], L.hyper))
+      enc.append(pad_to([*bb, EOS_ID], L.encoder))
+      tgt.append(pad_to(c, L.decoder))
+    targets = np.stack(tgt)
+    n = self.batch_size
+    return {
+        'hyper_inputs': np.stack(hyper),
+        'hyper_num_used': np.full(n, 2, np.int32),
+        'hyper_num_dropped': np.zeros(n, np.int32),
+        'encoder_inputs': np.stack(enc),
+        'decoder_inputs': np.concatenate(
+            [np.full((n, 1), PAD_ID, np.int32), targets[:, :-1]], 1),
+        'targets': targets,
+        'target_weights': (targets != PAD_ID).astype(np.float32),
+    }
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    step = self.start_step
+    while True:
+      yield self.batch(step)
+      if hasattr(self.docs, 'release_before'):
+        self.docs.release_before((step + 1) * self.batch_size)
+      step += 1
+      if step % 1000 == 0:
+        self.stats.log_summary()
+
+
+def tokenize_corpus(texts: Sequence[str], tokenizer) -> list[np.ndarray]:
+  """Tokenises documents (batched), dropping empty ones (counted in logs)."""
+  ids = tokenizer.encode_batch(list(texts))
+  out = [np.asarray(x, np.int32) for x in ids if x]
+  if len(out) < len(ids):
+    log.info('CACLM: %d empty documents skipped', len(ids) - len(out))
+  return out

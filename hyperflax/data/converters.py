@@ -1,0 +1,240 @@
+"""Tokenises episodes and packs them into the fixed-shape numpy batches.
+
+Few-shot string (paper appendix A.1), built from ids, not text, so that `<x>`
+and `<y>` can never be confused with the characters "<x>" in a dataset:
+
+  [<x> definition] <x> input_1 <y> target_1 <x> input_2 <y> target_2 ... </s>
+
+Fields (B rows; lengths from `Lengths`):
+  mode 'hyper':     hyper_inputs [B, Lh], hyper_num_used [B], hyper_num_dropped
+                    [B], encoder_inputs [B, Le]
+  mode 'concat':    encoder_inputs [B, Lh+Le] = few-shot string + `<x> query </s>`,
+                    hyper_num_used, hyper_num_dropped (T5-MTF-Few-shot)
+  mode 'zero_shot': encoder_inputs [B, Le] (T5-MTF)
+  always:           decoder_inputs [B, Ld] (targets shifted right, 0 first),
+                    targets [B, Ld] (target + </s>), target_weights [B, Ld]
+  evaluation adds:  task_index, example_index [B] int32, is_padding [B] bool;
+  scoring adds:     option_index, label [B] int32 (one row per option).
+Tokens are int32 padded with 0; weights float32. Whole demonstrations are
+dropped to fit (never cut); any truncation of a query, target or definition is
+counted in `DataStats` and logged.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from hyperflax.data.examples import Lengths
+from hyperflax.data.fewshot import DataStats, Episode
+from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID
+
+MODES = ('hyper', 'concat', 'zero_shot')
+
+
+def fewshot_tokens(demos: Sequence[tuple[Sequence[int], Sequence[int]]],
+                   definition: Sequence[int] | None, budget: int
+                   ) -> tuple[list[int], int, int, bool]:
+  """Builds the few-shot id sequence within `budget` ids.
+
+  Args:
+    demos: (input ids, target ids) per demonstration, in order.
+    definition: instruction ids or None; always kept (truncated only if it
+      alone exceeds the budget).
+    budget: maximum number of ids (excluding the final EOS).
+
+  Returns:
+    (ids, number of demos used, number dropped, whether the definition was
+    truncated). A demonstration that does not fit is skipped whole; later,
+    shorter ones may still fit.
+  """
+  out: list[int] = []
+  def_truncated = False
+  if definition is not None:
+    seg = [X_ID, *definition]
+    if len(seg) > budget:
+      seg, def_truncated = seg[:budget], True
+    out.extend(seg)
+  used = dropped = 0
+  for inp, tgt in demos:
+    size = len(inp) + len(tgt) + 2
+    if len(out) + size > budget:
+      dropped += 1
+      continue
+    out.append(X_ID)
+    out.extend(inp)
+    out.append(Y_ID)
+    out.extend(tgt)
+    used += 1
+  return out, used, dropped, def_truncated
+
+
+def pad_to(ids: Sequence[int], length: int) -> np.ndarray:
+  arr = np.zeros(length, np.int32)
+  arr[:len(ids)] = ids
+  return arr
+
+
+class Converter:
+  """Turns episodes into batches for one mode and set of lengths.
+
+  Args:
+    tokenizer: a `vocab.Tokenizer` (or anything with `encode`).
+    lengths: maximum lengths.
+    mode: 'hyper', 'concat' or 'zero_shot'.
+    stats: counters for drops and truncations.
+    target_eos: append EOS to targets (False for CACLM continuations).
+  """
+
+  def __init__(self, tokenizer, lengths: Lengths | None = None,
+               mode: str = 'hyper', stats: DataStats | None = None,
+               target_eos: bool = True, cache_size: int = 500_000):
+    if mode not in MODES:
+      raise ValueError(f'mode={mode!r}; expected one of {MODES}')
+    self.tokenizer = tokenizer
+    self.lengths = Lengths.make(lengths)
+    self.mode = mode
+    self.stats = stats or DataStats()
+    self.target_eos = target_eos
+    self._cache: dict[str, list[int]] = {}
+    self._cache_size = cache_size
+
+  # ---- tokens ---------------------------------------------------------------
+
+  def ids(self, text: str) -> list[int]:
+    """Cached encoding (labels and demos recur across episodes)."""
+    ids = self._cache.get(text)
+    if ids is None:
+      if len(self._cache) >= self._cache_size:
+        self._cache.clear()
+      ids = self._cache[text] = self.tokenizer.encode(text)
+    return ids
+
+  def _eos_truncate(self, ids: list[int], length: int, task: str, kind: str,
+                    eos: bool = True) -> list[int]:
+    room = length - 1 if eos else length
+    if len(ids) > room:
+      self.stats.add(task, kind, warn=True)
+      ids = ids[:room]
+    return ids + [EOS_ID] if eos else list(ids)
+
+  def query_ids(self, ep: Episode) -> list[int]:
+    return self._eos_truncate(self.ids(ep.query.input), self.lengths.encoder,
+                              ep.task, 'queries_truncated')
+
+  def target_ids(self, ep: Episode, text: str | None = None) -> list[int]:
+    text = ep.query.target if text is None else text
+    return self._eos_truncate(self.ids(text), self.lengths.decoder, ep.task,
+                              'targets_truncated', self.target_eos)
+
+  def fewshot_ids(self, ep: Episode, budget: int) -> tuple[list[int], int, int]:
+    demos = [(self.ids(d.input), self.ids(d.target)) for d in ep.demos]
+    definition = self.ids(ep.definition) if ep.definition else None
+    ids, used, dropped, def_trunc = fewshot_tokens(demos, definition, budget)
+    self.stats.add(ep.task, 'demos_dropped_to_fit', dropped, warn=True)
+    self.stats.add(ep.task, 'definitions_truncated', int(def_trunc), warn=True)
+    return ids, used, dropped
+
+  def hyper_ids(self, ep: Episode) -> tuple[list[int], int, int]:
+    ids, used, dropped = self.fewshot_ids(ep, self.lengths.hyper - 1)
+    return ids + [EOS_ID], used, dropped
+
+  def encoder_ids(self, ep: Episode) -> tuple[list[int], int, int]:
+    """Encoder ids for the mode (with few-shot prefix in 'concat' mode)."""
+    if self.mode != 'concat':
+      return self.query_ids(ep), 0, 0
+    total = self.lengths.concat
+    query = self._eos_truncate([X_ID, *self.ids(ep.query.input)],
+                               self.lengths.encoder, ep.task,
+                               'queries_truncated')
+    prefix, used, dropped = self.fewshot_ids(ep, total - len(query))
+    return prefix + query, used, dropped
+
+  # ---- batches --------------------------------------------------------------
+
+  def _rows(self, eps: Sequence[Episode], targets: Sequence[str | None]):
+    """Field dict of lists for real rows (shared by every batch kind)."""
+    cols: dict[str, list] = {'encoder_inputs': [], 'targets': [],
+                             'hyper_num_used': [], 'hyper_num_dropped': []}
+    if self.mode == 'hyper':
+      cols['hyper_inputs'] = []
+    enc_len = self.lengths.concat if self.mode == 'concat' else self.lengths.encoder
+    hyper_memo: dict[int, tuple] = {}
+    for ep, text in zip(eps, targets):
+      if self.mode == 'hyper':
+        # Eval rows of one query share demos; build their string once.
+        key = id(ep)
+        if key not in hyper_memo:
+          hyper_memo[key] = self.hyper_ids(ep)
+        hyp, used, dropped = hyper_memo[key]
+        cols['hyper_inputs'].append(pad_to(hyp, self.lengths.hyper))
+        enc = self.query_ids(ep)
+      else:
+        enc, used, dropped = self.encoder_ids(ep)
+      cols['encoder_inputs'].append(pad_to(enc, enc_len))
+      cols['hyper_num_used'].append(used)
+      cols['hyper_num_dropped'].append(dropped)
+      cols['targets'].append(pad_to(self.target_ids(ep, text),
+                                    self.lengths.decoder))
+    return cols
+
+  def _finish(self, cols: dict, batch_size: int) -> dict[str, np.ndarray]:
+    n = len(cols['targets'])
+    out = {}
+    for k, rows in cols.items():
+      if k in ('encoder_inputs', 'hyper_inputs', 'targets'):
+        arr = np.stack(rows).astype(np.int32)
+      else:
+        arr = np.asarray(rows, dtype=bool if k == 'is_padding' else np.int32)
+      if n < batch_size:  # pad the last eval batch with all-zero rows
+        pad = np.zeros((batch_size - n,) + arr.shape[1:], arr.dtype)
+        if k == 'is_padding':
+          pad[:] = True
+        arr = np.concatenate([arr, pad])
+      out[k] = arr
+    if self.mode == 'zero_shot':
+      del out['hyper_num_used'], out['hyper_num_dropped']
+    targets = out['targets']
+    out['decoder_inputs'] = np.concatenate(
+        [np.full((batch_size, 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
+    out['target_weights'] = (targets != PAD_ID).astype(np.float32)
+    return out
+
+  def train_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """A training batch: one row per episode."""
+    return self._finish(self._rows(eps, [None] * len(eps)), len(eps))
+
+  def generation_batches(self, eps: Sequence[Episode], batch_size: int
+                         ) -> Iterator[dict[str, np.ndarray]]:
+    """Ordered eval batches, one row per query; the last is padded."""
+    for start in range(0, len(eps), batch_size):
+      chunk = eps[start:start + batch_size]
+      cols = self._rows(chunk, [None] * len(chunk))
+      cols['task_index'] = [e.task_index for e in chunk]
+      cols['example_index'] = [e.example_index for e in chunk]
+      cols['is_padding'] = [False] * len(chunk)
+      yield self._finish(cols, batch_size)
+
+  def choice_batches(self, eps: Sequence[Episode], batch_size: int
+                     ) -> Iterator[dict[str, np.ndarray]]:
+    """Rank-classification batches: one row per (query, option).
+
+    `targets` hold the option; the scorer sums log-probabilities over
+    `target_weights`, groups rows by `example_index` and compares the argmax
+    `option_index` with `label`. Padding rows have `is_padding` True.
+    """
+    rows = [(ep, j, opt) for ep in eps for j, opt in enumerate(ep.query.options)]
+    missing = [ep for ep in eps if not ep.query.options]
+    if missing:
+      raise ValueError(f'{missing[0].task}: query {missing[0].example_index} '
+                       f'({missing[0].query.origin}) has no options to score')
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start:start + batch_size]
+      cols = self._rows([r[0] for r in chunk], [r[2] for r in chunk])
+      cols['task_index'] = [r[0].task_index for r in chunk]
+      cols['example_index'] = [r[0].example_index for r in chunk]
+      cols['option_index'] = [r[1] for r in chunk]
+      cols['label'] = [r[0].query.label for r in chunk]
+      cols['is_padding'] = [False] * len(chunk)
+      yield self._finish(cols, batch_size)

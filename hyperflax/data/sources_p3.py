@@ -1,0 +1,151 @@
+"""P3 / T0-train training tasks (Sanh et al., 2022), one task per
+dataset-prompt.
+
+Two layouts are read:
+  * T0-train prompt/completion files (`<root>/t0_train/<dataset>_<template>.jsonl`,
+    lines `{"prompt": str, "completion": str}`, the completion ending with the
+    literal `<|endoftext|>`), as in the shared sample;
+  * P3's own TFRecord layout (`<root>/data/<task>/train.tfrecord-*`, features
+    `inputs_pretokenized` / `targets_pretokenized`), for users with a P3 copy;
+    TensorFlow is imported only when such files are read.
+
+Paper §5.2: dataset-prompts whose average input is 320 T5 tokens or longer are
+excluded, the average taken over the first `length_sample` examples. Empty
+files and filtered prompts are counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from hyperflax.data import io_utils
+from hyperflax.data.examples import Example, FewShotTask
+from hyperflax.data.fewshot import DataStats, dedup_examples
+
+log = logging.getLogger('hyperflax.data')
+
+EOT = '<|endoftext|>'
+# Held-out evaluation datasets (T0 paper) and P3's scoring copies never train.
+HELDOUT_PREFIXES = ('anli', 'hellaswag', 'super_glue', 'winogrande',
+                    'story_cloze')
+
+
+def read_t0_file(path: str | os.PathLike) -> list[Example]:
+  """Parses a T0-train JSONL file; errors name the file and line."""
+  out = []
+  for lineno, obj in io_utils.iter_jsonl(path, required=('prompt', 'completion')):
+    origin = f'{path}:{lineno}'
+    prompt = io_utils.field(obj, 'prompt', origin, str).strip()
+    completion = io_utils.field(obj, 'completion', origin, str)
+    completion = completion.removesuffix(EOT).strip()
+    out.append(Example(prompt, completion, origin=origin))
+  return out
+
+
+def read_p3_tfrecords(files: Sequence[str | os.PathLike]
+                      ) -> tuple[list[Example], list[int]]:
+  """Reads P3 TFRecord shards: examples and (when stored) input lengths."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  examples, lengths = [], []
+  for path in files:
+    for i, raw in enumerate(tf.data.TFRecordDataset([str(path)]).as_numpy_iterator()):
+      origin = f'{path}:record {i}'
+      feats = tf.train.Example.FromString(raw).features.feature
+      for key in ('inputs_pretokenized', 'targets_pretokenized'):
+        if key not in feats or not feats[key].bytes_list.value:
+          raise ValueError(f'{origin}: missing feature {key!r}')
+      inp = feats['inputs_pretokenized'].bytes_list.value[0].decode().strip()
+      tgt = feats['targets_pretokenized'].bytes_list.value[0].decode().strip()
+      choices = tuple(c.decode().strip() for c in
+                      feats['answer_choices'].bytes_list.value) \
+          if 'answer_choices' in feats else ()
+      if tgt not in choices:
+        choices = ()
+      examples.append(Example(inp, tgt, choices, origin=origin))
+      if 'inputs' in feats:
+        lengths.append(len(feats['inputs'].int64_list.value))
+  return examples, lengths
+
+
+def _sources(root: Path, layout: str) -> tuple[str, list[tuple[str, list[Path]]]]:
+  t0_dir, tf_dir = root / 't0_train', root / 'data'
+  if layout == 'auto':
+    layout = 'tfrecord' if tf_dir.is_dir() else 't0_jsonl'
+  if layout == 't0_jsonl':
+    io_utils.require_dir(t0_dir, 'T0-train directory')
+    return layout, [(p.stem, [p]) for p in sorted(t0_dir.glob('*.jsonl'))]
+  if layout == 'tfrecord':
+    io_utils.require_dir(tf_dir, 'P3 TFRecord directory')
+    out = []
+    for d in sorted(p for p in tf_dir.iterdir() if p.is_dir()):
+      shards = sorted(d.glob('train.tfrecord*'))
+      if shards:
+        out.append((d.name, shards))
+    return layout, out
+  raise ValueError(f"layout={layout!r}; expected 'auto', 't0_jsonl' or 'tfrecord'")
+
+
+def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
+                   layout: str = 'auto', max_avg_input_tokens: float = 320,
+                   length_sample: int = 100,
+                   max_examples_per_task: int | None = None,
+                   include: str | None = None,
+                   stats: DataStats | None = None) -> list[FewShotTask]:
+  """T0-train dataset-prompts with average input < `max_avg_input_tokens`.
+
+  Args:
+    root: the P3 directory (`<data_dir>/p3`).
+    tokenizer: T5 tokenizer, used for the length filter.
+    layout: 't0_jsonl', 'tfrecord' or 'auto' (TFRecords when `root/data`
+      exists).
+    max_avg_input_tokens: the length filter; None disables it.
+    length_sample: examples per prompt used to estimate the average. On the
+      shared T0-train sample, 100 keeps exactly the paper's Figure 6 prompts
+      plus 6 the figure does not name (5 commonsense_qa prompts and
+      multi_news_expand_reverse_task_, average 314 tokens).
+    max_examples_per_task: optional cap on a prompt's pool.
+    include: optional regex; only task names matching it are kept.
+    stats: counters.
+  """
+  root, stats = Path(root), stats or DataStats('p3_t0_train')
+  layout, sources = _sources(root, layout)
+  tasks, filtered = [], []
+  for name, files in sources:
+    if name.startswith(HELDOUT_PREFIXES) or name.endswith('_score_eval'):
+      stats.add(name, 'heldout_task_excluded')
+      continue
+    if include and not re.search(include, name):
+      continue
+    if layout == 't0_jsonl':
+      examples, lengths = read_t0_file(files[0]), []
+    else:
+      examples, lengths = read_p3_tfrecords(files)
+    if not examples:
+      stats.add(name, 'empty_file_skipped')
+      log.warning('P3 task %s skipped: %s has no examples', name, files[0])
+      continue
+    if max_avg_input_tokens is not None:
+      if not lengths:
+        sample = [e.input for e in examples[:length_sample]]
+        lengths = [len(x) for x in tokenizer.encode_batch(sample)]
+      avg = float(np.mean(lengths[:length_sample]))
+      if avg >= max_avg_input_tokens:
+        filtered.append(name)
+        stats.add(name, f'task_filtered_avg_input_ge_{max_avg_input_tokens:g}')
+        continue
+    if max_examples_per_task is not None:
+      examples = examples[:max_examples_per_task]
+    tasks.append(FewShotTask(name, dedup_examples(examples, name, stats),
+                             group=name))
+  log.info('P3 (%s) under %s: %d dataset-prompts kept, %d filtered for average '
+           'input >= %s tokens: %s', layout, root, len(tasks), len(filtered),
+           max_avg_input_tokens, ', '.join(filtered))
+  if not tasks:
+    raise FileNotFoundError(f'no usable P3 training task under {root}')
+  return tasks

@@ -1,0 +1,313 @@
+"""Built-in synthetic few-shot suite: the embedded default (`synthetic_fewshot`).
+
+Every task is a random rule that only its demonstrations reveal, so a model
+that reads the query alone is at chance, while one that reads the
+demonstrations can be exact. Inputs and outputs are a few words from lists
+written here, so tiny models learn the skill in minutes.
+
+Families (input layout -> output; options for rank classification; chance):
+  seen, split into training tasks and held-out tasks:
+    lookup      "<animal> <n>"        -> the task's label for the animal
+                (4 keys, 3 labels drawn from LABELS)              1/3
+    category    "<food|tool> <n>"     -> the task's word for food / for tool
+                (2 labels drawn from LABELS, random order)         1/2
+    select      "<w1> <w2> <w3>"      -> the word at the task's position
+                (words from LABELS; options: the 3 words)         1/3
+  held out entirely (same skill, different surface):
+    lookup_pseudo   "<n> : <pseudo-word>" -> label (keys are generated
+                    pseudo-words never seen in training)           1/3
+    category_dash   "<n> - <food|tool>"   -> label                 1/2
+    select_comma    "<w1> , <w2> , <w3>"  -> word at position      1/3
+`<n>` is an irrelevant number that makes each input unique. Every output word
+comes from LABELS, shared by all families: T5 v1.1 unties its output
+embedding, so an output word never trained as a target could not be produced.
+
+Text is tokenised with the T5 SentencePiece model when available; without it
+the suite falls back (with a warning naming the missing file) to a closed
+word-level vocabulary, `WordTokenizer`. `synthetic_documents` makes CACLM text
+whose later segments hold the facts needed to predict earlier ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from hyperflax.data import vocab as vocab_lib
+from hyperflax.data.examples import EvalTaskData, Example, FewShotTask, Lengths
+from hyperflax.data.fewshot import eval_split
+
+log = logging.getLogger('hyperflax.data')
+
+LABELS = tuple(
+    'red blue green yellow black white pink brown orange purple gray gold '
+    'silver sun moon star rain snow wind fire stone water queen north south '
+    'east west up down left right hot cold fast slow big small yes no true '
+    'false good bad happy sad old new dark light high low'.split())
+ANIMALS = tuple(
+    'cat dog cow horse pig sheep goat mouse rat lion tiger bear wolf fox deer '
+    'rabbit duck goose owl eagle fish shark whale frog snake bee ant fly bird '
+    'monkey camel zebra seal crab hen bull mule donkey'.split())
+FOODS = tuple('bread rice cheese apple banana soup cake egg meat milk butter '
+              'pasta pizza salad sugar honey corn bean potato tomato'.split())
+TOOLS = tuple('hammer knife saw drill brush rope nail screw shovel axe wrench '
+              'ladder needle scissors pen pencil key lock wire tape'.split())
+FILLERS = tuple(str(i) for i in range(10, 57))
+PUNCT = (':', '-', ',', '.', 'is', 'has')
+SYLLABLES = tuple(c + v for c in 'bdfgklmnprstvz' for v in 'aeiou')
+PSEUDO_WORDS = tuple(a + b for a, b in itertools.product(SYLLABLES, repeat=2))
+
+# Lengths that fit every synthetic episode (K=16) with the T5 vocabulary.
+LENGTHS = Lengths(hyper=192, encoder=16, decoder=8)
+
+
+# ---- task generators ---------------------------------------------------------
+
+def _pick(rng: np.random.Generator, pool: tuple, size: int) -> list[str]:
+  """`size` distinct words of `pool` (index draws: no array per call)."""
+  return [pool[i] for i in rng.choice(len(pool), size=size, replace=False)]
+
+
+def _filler(rng: np.random.Generator) -> str:
+  return FILLERS[int(rng.integers(len(FILLERS)))]
+
+
+def _unique(pool_size: int, draw: Callable[[], tuple[str, str, tuple]]):
+  """Draws until `pool_size` distinct inputs (so no demo equals a query)."""
+  seen, out = set(), []
+  for _ in range(pool_size * 20):
+    inp, out_word, options = draw()
+    if inp not in seen:
+      seen.add(inp)
+      out.append((inp, out_word, options))
+      if len(out) == pool_size:
+        break
+  return out
+
+
+def _lookup(keys_pool, layout):
+  """4 keys mapped onto 3 task labels (at least 2 of them in use)."""
+  def make(rng: np.random.Generator, pool_size: int):
+    keys, labels = _pick(rng, keys_pool, 4), _pick(rng, LABELS, 3)
+    assign = rng.integers(3, size=4)
+    while len(set(assign.tolist())) < 2:
+      assign = rng.integers(3, size=4)
+    mapping = {k: labels[a] for k, a in zip(keys, assign)}
+    options = tuple(sorted(labels))
+    def draw():
+      key = keys[int(rng.integers(4))]
+      return layout.format(key=key, n=_filler(rng)), mapping[key], options
+    return _unique(pool_size, draw)
+  return make
+
+
+def _category(layout):
+  """Foods get the task's first label, tools its second."""
+  def make(rng: np.random.Generator, pool_size: int):
+    labels = _pick(rng, LABELS, 2)
+    # Sorted options: their order must not reveal which label is for food.
+    options = tuple(sorted(labels))
+    def draw():
+      is_food = bool(rng.integers(2))
+      words = FOODS if is_food else TOOLS
+      word = words[int(rng.integers(len(words)))]
+      return (layout.format(key=word, n=_filler(rng)),
+              labels[0 if is_food else 1], options)
+    return _unique(pool_size, draw)
+  return make
+
+
+def _select(sep):
+  """Output the word at the task's position (0, 1 or 2)."""
+  def make(rng: np.random.Generator, pool_size: int):
+    pos = int(rng.integers(3))
+    def draw():
+      words = tuple(_pick(rng, LABELS, 3))
+      return sep.join(words), words[pos], words
+    return _unique(pool_size, draw)
+  return make
+
+
+def _pseudo_keys():
+  rng = np.random.default_rng(1234)
+  return tuple(_pick(rng, PSEUDO_WORDS, 40))
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  make: Callable
+  heldout: bool
+
+
+FAMILIES = (
+    Family('lookup', _lookup(ANIMALS, '{key} {n}'), False),
+    Family('category', _category('{key} {n}'), False),
+    Family('select', _select(' '), False),
+    Family('lookup_pseudo', _lookup(_pseudo_keys(), '{n} : {key}'), True),
+    Family('category_dash', _category('{n} - {key}'), True),
+    Family('select_comma', _select(' , '), True),
+)
+
+
+# ---- the suite -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class SyntheticSuite:
+  """Procedurally generated tasks; all content is a function of `seed`.
+
+  Attributes:
+    seed: generation seed.
+    train_tasks_per_family: training tasks per seen family.
+    heldout_tasks_per_family: held-out tasks per seen family and tasks per
+      held-out family.
+    pool_size: distinct examples per task.
+  """
+  seed: int = 0
+  train_tasks_per_family: int = 200
+  heldout_tasks_per_family: int = 20
+  pool_size: int = 64
+
+  def _task(self, fam_index: int, task_index: int) -> tuple[str, list[Example]]:
+    fam = FAMILIES[fam_index]
+    rng = np.random.default_rng([self.seed, fam_index, task_index])
+    name = f'{fam.name}/{task_index:04d}'
+    return name, [Example(inp, out, tuple(opts), origin=f'synthetic:{name}')
+                  for inp, out, opts in fam.make(rng, self.pool_size)]
+
+  def train_tasks(self) -> list[FewShotTask]:
+    out = []
+    for f, fam in enumerate(FAMILIES):
+      if not fam.heldout:
+        for i in range(self.train_tasks_per_family):
+          name, exs = self._task(f, i)
+          out.append(FewShotTask(name, exs, group=fam.name))
+    return out
+
+  def eval_tasks(self, split: str = 'validation', num_shots: int = 16,
+                 max_queries: int | None = 32) -> list[EvalTaskData]:
+    """Evaluation tasks with fixed demonstrations.
+
+    Args:
+      split: 'heldout_tasks' (new tasks of seen families), 'heldout_families',
+        'validation' (both) or 'train_tasks' (the first few training tasks,
+        a sanity check of fitting).
+      num_shots: fixed demonstrations per task.
+      max_queries: queries per task.
+    """
+    if split == 'validation':
+      return (self.eval_tasks('heldout_tasks', num_shots, max_queries) +
+              self.eval_tasks('heldout_families', num_shots, max_queries))
+    specs = []
+    for f, fam in enumerate(FAMILIES):
+      if split == 'heldout_families' and fam.heldout:
+        specs += [(f, i, 'heldout_family') for i in
+                  range(self.heldout_tasks_per_family)]
+      elif split == 'heldout_tasks' and not fam.heldout:
+        first = self.train_tasks_per_family
+        specs += [(f, first + i, 'heldout_task') for i in
+                  range(self.heldout_tasks_per_family)]
+      elif split == 'train_tasks' and not fam.heldout:
+        specs += [(f, i, 'train_task') for i in
+                  range(min(self.heldout_tasks_per_family,
+                            self.train_tasks_per_family))]
+    if not specs and split not in ('heldout_tasks', 'heldout_families',
+                                   'train_tasks'):
+      raise ValueError(f'unknown synthetic split {split!r}')
+    out = []
+    for f, i, kind in specs:
+      name, exs = self._task(f, i)
+      demos, queries = eval_split(exs, num_shots, self.seed, name)
+      if max_queries is not None:
+        queries = queries[:max_queries]
+      out.append(EvalTaskData(name, demos, queries, metric='accuracy',
+                              group=f'{kind}:{FAMILIES[f].name}'))
+    return out
+
+
+def chance_accuracy(tasks: list[EvalTaskData]) -> float:
+  """Mean chance accuracy (uniform over each query's options)."""
+  return float(np.mean([t.chance for t in tasks]))
+
+
+def synthetic_documents(num_docs: int = 512, seed: int = 0,
+                        sentences: tuple[int, int] = (100, 160)) -> list[str]:
+  """CACLM text: each document states 8 entity facts again and again.
+
+  Sentences are "<name> is <label> ." or "<name> has <tool> ." about the
+  document's own entities, so a continuation (C) is predictable only from the
+  facts that A and D repeat; the 32-token B alone cannot tell them.
+  """
+  docs = []
+  for i in range(num_docs):
+    rng = np.random.default_rng([seed, i, 99])
+    names = _pick(rng, PSEUDO_WORDS, 8)
+    labels = [LABELS[i] for i in rng.integers(len(LABELS), size=8)]
+    tools = [TOOLS[i] for i in rng.integers(len(TOOLS), size=8)]
+    n = int(rng.integers(*sentences))
+    who, rel = rng.integers(8, size=n), rng.integers(2, size=n)
+    docs.append(' '.join(
+        f'{names[w]} is {labels[w]} .' if r == 0 else f'{names[w]} has {tools[w]} .'
+        for w, r in zip(who, rel)))
+  return docs
+
+
+class WordTokenizer:
+  """Closed word-level vocabulary over every word the suite can generate.
+
+  Ids start at 3 (after pad/eos/unk) and stay below the sentinels, so the
+  marker/sentinel ids of `vocab` keep their meaning.
+  """
+
+  path = '<synthetic words>'
+
+  def __init__(self):
+    words = sorted(set(LABELS + ANIMALS + FOODS + TOOLS + FILLERS + PUNCT +
+                       PSEUDO_WORDS))
+    self._ids = {w: i + 3 for i, w in enumerate(words)}
+    self._words = {i: w for w, i in self._ids.items()}
+
+  @property
+  def vocab_size(self) -> int:
+    return vocab_lib.NUM_PIECES + vocab_lib.NUM_EXTRA_IDS
+
+  def encode(self, text: str) -> list[int]:
+    try:
+      return [self._ids[w] for w in text.split()]
+    except KeyError as e:
+      raise ValueError(f'WordTokenizer: word {e.args[0]!r} is not in the '
+                       'synthetic vocabulary') from None
+
+  def encode_batch(self, texts):
+    return [self.encode(t) for t in texts]
+
+  def decode(self, ids) -> str:
+    return vocab_lib.decode_with_specials(
+        ids, lambda run: ' '.join(self._words.get(i, '<unk>') for i in run))
+
+
+@functools.lru_cache(maxsize=1)
+def word_tokenizer() -> WordTokenizer:
+  return WordTokenizer()
+
+
+def synthetic_tokenizer(vocab_path: str | os.PathLike | None = None):
+  """T5 SentencePiece if its file exists, else `WordTokenizer` (warned).
+
+  `vocab_path='words'` forces the word-level vocabulary.
+  """
+  if str(vocab_path) == 'words':
+    return word_tokenizer()
+  path = Path(vocab_path) if vocab_path else vocab_lib.default_vocab_path()
+  if path.is_file():
+    return vocab_lib.load_vocabulary(path)
+  log.warning('T5 SentencePiece model not found at %s: the synthetic suite '
+              'uses its word-level vocabulary instead', path)
+  return word_tokenizer()
