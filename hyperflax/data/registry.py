@@ -134,7 +134,7 @@ def _p3_train(ctx):
   return sources_p3.t0_train_tasks(
       _p3_root(ctx), ctx.tokenizer, layout=ctx.opt('layout', 'auto'),
       max_avg_input_tokens=ctx.opt('max_avg_input_tokens', 320),
-      length_sample=ctx.opt('length_sample', 100),
+      length_sample=ctx.opt('length_sample'),
       max_examples_per_task=ctx.opt('max_examples_per_task'),
       include=ctx.opt('include'), stats=ctx.stats)
 

@@ -93,7 +93,7 @@ def _sources(root: Path, layout: str) -> tuple[str, list[tuple[str, list[Path]]]
 
 def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
                    layout: str = 'auto', max_avg_input_tokens: float = 320,
-                   length_sample: int = 100,
+                   length_sample: int | None = None,
                    max_examples_per_task: int | None = None,
                    include: str | None = None,
                    stats: DataStats | None = None) -> list[FewShotTask]:
@@ -105,10 +105,12 @@ def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
     layout: 't0_jsonl', 'tfrecord' or 'auto' (TFRecords when `root/data`
       exists).
     max_avg_input_tokens: the length filter; None disables it.
-    length_sample: examples per prompt used to estimate the average. On the
-      shared T0-train sample, 100 keeps exactly the paper's Figure 6 prompts
-      plus 6 the figure does not name (5 commonsense_qa prompts and
-      multi_news_expand_reverse_task_, average 314 tokens).
+    length_sample: if set, only the first `length_sample` examples of a
+      prompt estimate its average (for huge copies); None uses all. On the
+      shared T0-train sample the exact filter keeps the paper's Figure 6
+      prompts plus 6 the figure does not name (5 commonsense_qa prompts and
+      multi_news_expand_reverse_task_, average 314 tokens); a first-100
+      estimate would wrongly drop the imdb prompts (average 307-312).
     max_examples_per_task: optional cap on a prompt's pool.
     include: optional regex; only task names matching it are kept.
     stats: counters.
@@ -132,9 +134,9 @@ def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
       continue
     if max_avg_input_tokens is not None:
       if not lengths:
-        sample = [e.input for e in examples[:length_sample]]
+        sample = [e.input for e in examples[:length_sample or len(examples)]]
         lengths = [len(x) for x in tokenizer.encode_batch(sample)]
-      avg = float(np.mean(lengths[:length_sample]))
+      avg = float(np.mean(lengths[:length_sample or len(lengths)]))
       if avg >= max_avg_input_tokens:
         filtered.append(name)
         stats.add(name, f'task_filtered_avg_input_ge_{max_avg_input_tokens:g}')

@@ -1,0 +1,17 @@
+r"""HyperT5-LoRA on a frozen T5 v1.1 XL, multi-task fine-tuned on P3.
+
+python -m hyperflax.train --config=configs/hypert5_lora_xl.py --workdir=$WORKDIR
+python -m hyperflax.train --config=configs/hypert5_lora_xl.py:tiny --workdir=/tmp/hypert5_lora_xl   # CPU smoke run
+"""
+from hyperflax.config_base import base_config, finish
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model.preset = 'xl'
+  c.hyper.kind = 'lora'
+  c.hyper.lora_rank = 8
+  c.model.scan_layers = True
+  c.model.remat = True
+  c.train.grad_accum_steps = 4
+  return finish(c, arg)

@@ -1,0 +1,14 @@
+r"""HyperT5+-Prefix: the hypermodel and the downstream T5 v1.1 Large are trained jointly.
+
+python -m hyperflax.train --config=configs/hypert5_plus_prefix_large.py --workdir=$WORKDIR
+python -m hyperflax.train --config=configs/hypert5_plus_prefix_large.py:tiny --workdir=/tmp/hypert5_plus_prefix_large   # CPU smoke run
+"""
+from hyperflax.config_base import base_config, finish
+
+
+def get_config(arg=None):
+  c = base_config()
+  c.model.preset = 'large'
+  c.hyper.kind = 'prefix'
+  c.train_downstream = True
+  return finish(c, arg)

@@ -1,0 +1,111 @@
+"""The defaults every `configs/*.py` file starts from (plain data, one comment per field)."""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # 'hypermodel' | 't5_mtf' (query only) | 't5_mtf_fewshot' (demos + query concatenated).
+  c.method = 'hypermodel'
+  # HyperT5+: also train the downstream T5 (normally frozen).
+  c.train_downstream = False
+
+  c.model = ml_collections.ConfigDict()
+  c.model.preset = 'large'          # T5 v1.1 size when init_from is empty
+  c.model.init_from = ''            # transformers dir or `hyperflax.convert` output
+  c.model.dtype = 'bfloat16'        # compute dtype; parameters stay float32
+  c.model.scan_layers = False       # nn.scan over layers (faster compiles at depth)
+  c.model.remat = False             # rematerialise layers in the backward pass
+  c.model.dropout_rate = 0.1
+  c.model.overrides = ml_collections.ConfigDict()  # extra T5Config fields for presets
+
+  c.hyper = ml_collections.ConfigDict()
+  c.hyper.kind = 'prefix'           # prefix | prefix_mlp | lora | hart | shared_prefix | shared_lora
+  c.hyper.prefix_len = 32
+  c.hyper.lora_rank = 8
+  c.hyper.decoder_layers = ml_collections.FieldReference(None, field_type=int)  # None: all
+  c.hyper.head_hidden = ml_collections.FieldReference(None, field_type=int)     # None: d_model
+  c.hyper.generation_order = 'bottom_up'  # HART: bottom_up | top_down | random
+  c.hyper.order_seed = 0
+  c.hyper.consistency_alpha = 0.0   # HART local consistency weight (paper: 1, 10, 20)
+  c.hyper.fusion_in_decoder = False
+  c.hyper.dtype = 'bfloat16'
+  c.hyper.init_from = ''            # a training workdir (e.g. hyperpretraining) to start from
+  c.hyper.init_backbone = True      # copy the downstream T5 weights into the backbone
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'p3_t0_train'       # a name from `hyperflax.data.names()`
+  c.data.data_dir = ''              # root of the data layout ('' = $HYPERFLAX_DATA_DIR or ../shared/data)
+  c.data.vocab_path = ''            # spiece.model ('' = <data_dir>/t5/spiece.model)
+  c.data.batch_size = 256
+  c.data.num_shots = 16
+  c.data.lengths = (1024, 384, 128)  # hypermodel input, downstream input, target
+  c.data.options = ml_collections.ConfigDict()
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = 'adamw'
+  c.optim.learning_rate = 5e-5
+  c.optim.schedule = 'linear'       # linear decay to 0 (both papers)
+  c.optim.warmup_steps = 0
+  c.optim.weight_decay = 0.0
+  c.optim.moments_dtype = 'float32'  # 'bfloat16' halves the first moment's memory
+  c.optim.max_grad_norm = 1.0
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 10_000
+  c.train.grad_accum_steps = 1      # batch_size is split into this many micro batches
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+  c.train.keep_checkpoints = 3
+  c.train.tensorboard = True
+  c.train.export_downstream = True  # write workdir/downstream when the T5 is trained
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.name = 'p3_heldout'        # '' disables the evaluation after training
+  c.eval.split = 'validation'
+  c.eval.batch_size = 32
+  c.eval.max_decode_length = 128
+  c.eval.lengths = ()
+  c.eval.options = ml_collections.ConfigDict()
+  return c
+
+
+def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `:tiny` variant: same method and kind, a few real steps on one CPU."""
+  c.model.preset = 'tiny'
+  c.model.init_from = ''
+  c.model.dtype = 'float32'
+  c.model.dropout_rate = 0.0
+  c.hyper.dtype = 'float32'
+  c.hyper.prefix_len = 4
+  c.hyper.lora_rank = 2
+  if c.hyper.decoder_layers is not None:
+    c.hyper.decoder_layers = 1
+  c.data.name = 'synthetic_caclm' if c.data.name in ('caclm_c4', 'synthetic_caclm') \
+      else 'synthetic_fewshot'
+  c.data.batch_size = 4
+  c.data.num_shots = 4
+  c.data.lengths = (64, 16, 8)
+  c.optim.learning_rate = 1e-3
+  c.train.num_steps = 3
+  c.train.grad_accum_steps = min(c.train.grad_accum_steps, 2)
+  c.train.log_every = 1
+  c.train.checkpoint_every = 2
+  c.train.tensorboard = False
+  c.eval.name = '' if c.data.name == 'synthetic_caclm' else 'synthetic_fewshot'
+  c.eval.split = 'heldout_families'
+  c.eval.batch_size = 8
+  c.eval.max_decode_length = 4
+  c.eval.options = ml_collections.ConfigDict({'max_queries': 4, 'heldout_tasks_per_family': 2})
+  return c
+
+
+def finish(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  if arg in (None, ''):
+    return c
+  if arg == 'tiny':
+    return tiny(c)
+  raise ValueError(f'unknown config variant {arg!r}; known: tiny')

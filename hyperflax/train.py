@@ -1,0 +1,181 @@
+r"""Train a hypermodel (or a baseline) against a frozen T5 v1.1.
+
+  python -m hyperflax.train --config=configs/hart_xl.py --workdir=$WORKDIR
+  python -m hyperflax.train --config=configs/hart_xl.py:tiny --workdir=/tmp/hart \
+      --config.train.num_steps=20
+
+Rerunning the same command resumes from the newest checkpoint in
+`--workdir/checkpoints` (parameters, optimiser state, HART's previous
+states, data position, RNG). SIGTERM saves a checkpoint and exits cleanly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from hyperflax.training import checkpointing, reporting
+from hyperflax.training.experiment import Experiment
+from hyperflax.training.optim import make_optimizer
+from hyperflax.training.step import create_state, make_train_step
+
+STEP_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets', 'target_weights')
+
+
+def train_stream(config: ml_collections.ConfigDict, exp: Experiment, start_step: int):
+  from hyperflax import data
+  d = config.data
+  stream = data.get_dataset(
+      d.name, 'train', batch_size=d.batch_size, seed=config.seed,
+      lengths=tuple(d.lengths) if d.get('lengths') else None, num_shots=d.num_shots,
+      start_step=start_step, data_dir=d.get('data_dir') or None, mode=exp.data_mode,
+      vocab_path=d.get('vocab_path') or None, **dict(d.get('options', {}) or {}))
+  for batch in stream:
+    yield {k: batch[k] for k in STEP_FIELDS if k in batch}
+
+
+class _Preemption:
+  """Turns SIGTERM (TPU VM preemption, `kill`) into a flag the loop checks."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    logging.warning('SIGTERM received: saving a checkpoint and exiting')
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _meta(config, state_step: int) -> dict:
+  return {'step': state_step, 'method': config.method,
+          'hyper_kind': config.hyper.get('kind') if config.method == 'hypermodel' else None,
+          'downstream_init_from': config.model.get('init_from', ''),
+          'seed': config.seed, 'config': json.loads(config.to_json_best_effort())}
+
+
+def _check_compatible(meta: dict, config) -> None:
+  for key, now in (('method', config.method),
+                   ('hyper_kind', config.hyper.get('kind') if config.method == 'hypermodel'
+                    else None)):
+    if meta.get(key) != now:
+      raise ValueError(f'--workdir holds a checkpoint of {key}={meta.get(key)!r} but the config '
+                       f'asks for {now!r}: use another --workdir')
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or resumes) training; returns the final trainable/frozen params and metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  exp = Experiment.from_config(config)
+  rng = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng = jax.random.split(rng)
+  trainable, frozen = exp.init(init_rng)
+  if config.hyper.get('init_from', '') and 'hyper' in trainable:
+    trainable['hyper'] = load_trainable(config.hyper.init_from)['hyper']
+    logging.info('hypermodel initialised from %s', config.hyper.init_from)
+  num_steps = int(config.train.num_steps)
+  optimizer = make_optimizer(config, num_steps)
+  accum = int(config.train.get('grad_accum_steps', 1))
+
+  first = next(train_stream(config, exp, 0))
+  micro = jax.tree.map(lambda x: x[: x.shape[0] // accum], first)
+  state = create_state(exp, optimizer, trainable, state_rng, micro)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
+                                    keep=config.train.keep_checkpoints)
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    _check_compatible(meta, config)
+    logging.info('resumed from step %d', int(state.step))
+  start = int(state.step)
+  step_fn = jax.jit(make_train_step(exp, optimizer, accum), donate_argnums=0)
+  reporter = reporting.Reporter(workdir, num_steps, start,
+                                tensorboard=config.train.get('tensorboard', True))
+  preemption = _Preemption()
+  metrics = {}
+  try:
+    stream = train_stream(config, exp, start)
+    for step in range(start, num_steps):
+      batch = jax.tree.map(jnp.asarray, next(stream))
+      state, metrics = step_fn(state, frozen, batch)
+      done = step + 1
+      if done % config.train.log_every == 0 or done == num_steps:
+        m = jax.device_get(metrics)
+        reporter.write(done, {k: v for k, v in m.items() if k != 'tokens'}, float(m['tokens']))
+      if done % config.train.checkpoint_every == 0 or done == num_steps or preemption.requested:
+        ckpt.save(done, state, _meta(config, done))
+      if preemption.requested:
+        ckpt.wait()
+        logging.warning('saved step %d after SIGTERM; exiting', done)
+        sys.exit(0)
+  finally:
+    ckpt.close()
+    reporter.close()
+    preemption.restore()
+  reporting.plot_losses(workdir)
+  if exp.trains_downstream and config.train.get('export_downstream', True):
+    export_downstream(exp, state.trainable['downstream'], os.path.join(workdir, 'downstream'))
+  return {'trainable': state.trainable, 'frozen': frozen, 'experiment': exp,
+          'metrics': jax.device_get(metrics), 'state': state}
+
+
+def export_downstream(exp: Experiment, params, out_dir: str) -> None:
+  """Writes a trained downstream T5 as a `load_pretrained`-able directory."""
+  from hyperflax import checkpoints
+  from hyperflax.model import hf
+  if exp.t5_config.scan_layers:
+    params = hf.unstack_layers(params, exp.t5_config)
+  checkpoints.save_params(out_dir, jax.device_get(params),
+                          exp.t5_config.replace(scan_layers=False, remat=False))
+
+
+def load_trainable(workdir: str) -> dict:
+  """The trainable parameters of the newest checkpoint in a training workdir."""
+  import orbax.checkpoint as ocp
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'{workdir}: no checkpoints/ directory (not a training workdir)')
+  with ocp.CheckpointManager(directory, item_names=('state', 'meta')) as mngr:
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'{directory}: no finished checkpoint')
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return jax.tree.map(np.asarray, restored['state']['trainable'])
+
+
+def main(argv=None) -> None:
+  from absl import app, flags
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file('config', None, 'ml_collections config file', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'directory for checkpoints, metrics and results')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+  def run(_):
+    logging.getLogger().setLevel(logging.INFO)
+    config = flags.FLAGS.config
+    t0 = time.time()
+    out = train(config, flags.FLAGS.workdir)
+    print(f'training finished in {time.time() - t0:.0f}s; loss {float(out["metrics"]["loss"]):.4f}')
+    if config.get('eval') and config.eval.get('name'):
+      from hyperflax import evaluate
+      evaluate.evaluate(config, out['experiment'], out['trainable'], out['frozen'],
+                        flags.FLAGS.workdir)
+
+  app.run(run, argv=argv)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,38 @@
+"""SeqIO feature converter for hypermodel + encoder-decoder batches."""
+
+from __future__ import annotations
+
+import seqio
+import tensorflow as tf
+
+_Spec = seqio.FeatureConverter.FeatureSpec
+
+
+class HyperEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """EncDecFeatureConverter plus the hypermodel input.
+
+  Task features `hyper_inputs`, `inputs`, `targets` become model features
+  `hyper_input_tokens`, `encoder_input_tokens`, `decoder_input_tokens`,
+  `decoder_target_tokens`, `decoder_loss_weights` (padded, not packed:
+  packing would mix demonstrations of different tasks).
+  """
+
+  TASK_FEATURES = {**seqio.EncDecFeatureConverter.TASK_FEATURES,
+                   'hyper_inputs': _Spec(dtype=tf.int32)}
+  MODEL_FEATURES = {**seqio.EncDecFeatureConverter.MODEL_FEATURES,
+                    'hyper_input_tokens': _Spec(dtype=tf.int32)}
+
+  def __init__(self, pack: bool = False, **kwargs):
+    if pack:
+      raise ValueError('HyperEncDecFeatureConverter does not pack')
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_example(self, features):
+    out = dict(super()._convert_example(features))
+    out['hyper_input_tokens'] = features['hyper_inputs']
+    return out
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    out = dict(super().get_model_feature_lengths(task_feature_lengths))
+    out['hyper_input_tokens'] = task_feature_lengths['hyper_inputs']
+    return out

@@ -1,0 +1,149 @@
+"""The synthetic suite: demonstrations are necessary and sufficient."""
+
+import collections
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hyperflax.data import registry, synthetic, vocab  # noqa: E402
+
+SHARED = Path(os.environ.get('HYPERFLAX_SHARED_DATA') or
+              Path(__file__).resolve().parents[1].parent / 'shared' / 'data')
+SPIECE = SHARED / 't5' / 'spiece.model'
+
+SUITE = synthetic.SyntheticSuite(seed=0, train_tasks_per_family=60,
+                                 heldout_tasks_per_family=12)
+
+
+def _oracle(family: str, demos, query) -> str:
+  """Answers from the demonstrations alone, as a model that reads them could."""
+  words = query.input.split()
+  if family.startswith('lookup'):
+    key = words[0] if family == 'lookup' else words[-1]
+    hits = [d.target for d in demos
+            if (d.input.split()[0] if family == 'lookup' else d.input.split()[-1]) == key]
+    return hits[0] if hits else ''
+  if family.startswith('category'):
+    word = words[0] if family == 'category' else words[-1]
+    food = word in synthetic.FOODS
+    hits = [d.target for d in demos if
+            ((d.input.split()[0] if family == 'category' else d.input.split()[-1])
+             in synthetic.FOODS) == food]
+    return hits[0] if hits else ''
+  parts = [w for w in words if w != ',']
+  positions = [[w for w in d.input.split() if w != ','].index(d.target)
+               for d in demos]
+  return parts[collections.Counter(positions).most_common(1)[0][0]]
+
+
+def test_generation_is_deterministic_and_tasks_are_distinct():
+  again = synthetic.SyntheticSuite(seed=0, train_tasks_per_family=60,
+                                   heldout_tasks_per_family=12)
+  assert SUITE.train_tasks()[5].examples == again.train_tasks()[5].examples
+  other = synthetic.SyntheticSuite(seed=1, train_tasks_per_family=60)
+  assert SUITE.train_tasks()[0].examples != other.train_tasks()[0].examples
+  train = {t.name for t in SUITE.train_tasks()}
+  evals = SUITE.eval_tasks('validation')
+  assert not train & {t.name for t in evals}
+  fams = {t.group.split(':')[1] for t in evals if t.group.startswith('heldout_family')}
+  assert fams == {'lookup_pseudo', 'category_dash', 'select_comma'}
+  assert not fams & {t.group for t in SUITE.train_tasks()}
+  # Held-out lookup keys are pseudo-words never used by a training task.
+  train_words = {w for t in SUITE.train_tasks() for e in t.examples
+                 for w in e.input.split()}
+  pseudo = {e.input.split()[-1] for t in evals if 'lookup_pseudo' in t.group
+            for e in t.queries}
+  assert pseudo and not pseudo & train_words
+
+
+def test_demonstrations_suffice_and_queries_alone_are_at_chance():
+  evals = SUITE.eval_tasks('validation', num_shots=16, max_queries=32)
+  # Query-only baseline: the best answer per input over all training tasks.
+  votes = collections.defaultdict(collections.Counter)
+  for t in SUITE.train_tasks():
+    for e in t.examples:
+      votes[e.input][e.target] += 1
+  per_family = collections.defaultdict(list)
+  for t in evals:
+    fam = t.group.split(':')[1]
+    for q in t.queries:
+      assert q.target in q.options and len(set(q.options)) == len(q.options)
+      assert all(not (d.input == q.input and d.target == q.target) for d in t.demos)
+      oracle_ok = _oracle(fam, t.demos, q) == q.target
+      guess = votes[q.input].most_common(1)[0][0] if votes[q.input] else None
+      per_family[fam].append((oracle_ok, guess == q.target, 1 / len(q.options)))
+  for fam, rows in per_family.items():
+    oracle, query_only, chance = (np.mean([r[i] for r in rows]) for i in range(3))
+    assert oracle >= 0.97, (fam, oracle)
+    # Memorising inputs across tasks cannot beat chance by much.
+    assert query_only <= chance + 0.1, (fam, query_only, chance)
+  assert synthetic.chance_accuracy(evals) == pytest.approx((1/3 + 1/2 + 1/3) / 3)
+
+
+def test_same_query_has_different_answers_across_tasks():
+  tasks_of, answers_of = (collections.defaultdict(set) for _ in range(2))
+  for t in SUITE.train_tasks():
+    for e in t.examples:
+      tasks_of[e.input].add(t.name)
+      answers_of[e.input].add(e.target)
+  shared = [i for i, ts in tasks_of.items() if len(ts) > 1]
+  conflicting = [i for i in shared if len(answers_of[i]) > 1]
+  assert len(shared) > 1000 and len(conflicting) > 0.8 * len(shared)
+
+
+def test_word_vocabulary_fallback_when_spiece_missing(tmp_path, caplog):
+  missing = tmp_path / 't5' / 'spiece.model'
+  with caplog.at_level(logging.WARNING, logger='hyperflax.data'):
+    stream = registry.get_dataset('synthetic_fewshot', batch_size=4,
+                                  vocab_path=missing, train_tasks_per_family=5)
+  assert str(missing) in caplog.text
+  b = stream.batch(0)
+  tok = synthetic.word_tokenizer()
+  for row, ep in enumerate(stream.episodes(0)):
+    assert tok.decode(vocab.strip_eos(b['targets'][row])) == ep.query.target
+    assert tok.decode(vocab.strip_eos(b['encoder_inputs'][row])) == ep.query.input
+  with pytest.raises(FileNotFoundError, match=str(missing)):
+    registry.get_dataset('metaicl_hr_to_lr', batch_size=1, vocab_path=missing)
+
+
+@pytest.mark.skipif(not SPIECE.is_file(), reason=f'T5 vocab not found at {SPIECE}')
+def test_t5_tokenised_batches_fit_default_lengths_and_decode():
+  stream = registry.get_dataset('synthetic_fewshot', batch_size=16, seed=3,
+                                vocab_path=SPIECE, train_tasks_per_family=20)
+  tok = vocab.load_vocabulary(SPIECE)
+  for step in range(4):
+    b, eps = stream.batch(step), stream.episodes(step)
+    assert b['hyper_inputs'].shape == (16, synthetic.LENGTHS.hyper)
+    assert (b['hyper_num_dropped'] == 0).all() and (b['hyper_num_used'] == 16).all()
+    for row, ep in enumerate(eps):
+      h = b['hyper_inputs'][row]
+      assert (h == vocab.X_ID).sum() == 16 and (h == vocab.Y_ID).sum() == 16
+      text = tok.decode(vocab.strip_eos(h))
+      assert text.startswith('<x> ' + ep.demos[0].input + ' <y> ' + ep.demos[0].target)
+      assert tok.decode(vocab.strip_eos(b['targets'][row])) == ep.query.target
+  assert stream.stats.total('queries_truncated') == 0
+  assert stream.stats.total('targets_truncated') == 0
+
+
+def test_eval_scoring_batches_cover_every_option():
+  tasks = registry.get_eval_tasks('synthetic_fewshot', 'heldout_families',
+                                  vocab_path='words', max_queries=5,
+                                  heldout_tasks_per_family=2)
+  assert len(tasks) == 6 and all(t.has_options for t in tasks)
+  for task in tasks:
+    rows = [b for b in task.batches(batch_size=8)]
+    ex = np.concatenate([b['example_index'] for b in rows])
+    pad = np.concatenate([b['is_padding'] for b in rows])
+    n_opts = sum(len(q.options) for q in task.queries)
+    assert (~pad).sum() == n_opts and ex[~pad].max() == len(task.queries) - 1
+    labels = np.concatenate([b['label'] for b in rows])[~pad]
+    opt = np.concatenate([b['option_index'] for b in rows])[~pad]
+    for i, q in enumerate(task.queries):
+      assert set(labels[ex[~pad] == i]) == {q.options.index(q.target)}
+      assert sorted(opt[ex[~pad] == i]) == list(range(len(q.options)))
