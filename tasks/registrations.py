@@ -72,8 +72,8 @@ def _fewshot_examples(name, split, seed, data_dir, vocab_path, lengths,
 
 def _row(conv, ep, lengths):
   hyper, _, _ = conv.fewshot_ids(ep, lengths.hyper - 1)
-  return {'hyper_inputs': hyper, 'inputs': conv.ids(ep.query.input),
-          'targets': conv.ids(ep.query.target)}
+  return {'hyper_inputs': hyper, 'inputs': list(conv.ids(ep.query.input)),
+          'targets': list(conv.ids(ep.query.target))}
 
 
 def _caclm_examples(name, split, seed, data_dir, vocab_path, options):

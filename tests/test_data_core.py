@@ -5,7 +5,6 @@ Shared data is not needed here except where a test says so.
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 

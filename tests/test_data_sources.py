@@ -252,3 +252,66 @@ def test_caclm_c4_windows_are_contiguous_document_text(sp):
                                           data_dir=SHARED, use_tfds=False,
                                           start_step=0)))
   assert all(np.array_equal(again[k], b[k]) for k in b)
+
+
+def test_every_template_file_parses_and_splits_prompt_from_target():
+  from hyperflax.data import p3_templates
+  files = sorted((SHARED / 'p3' / 'templates').rglob('templates.yaml'))
+  assert len(files) == 45
+  for f in files:
+    tpls = p3_templates.load_templates(f)
+    assert tpls and all(t.id and t.name for t in tpls)
+    assert sum('|||' in t.jinja for t in tpls) >= len(tpls) - 1, f
+
+
+def test_copa_and_winogrande_parsing_agree_with_the_llmfoundry_copies():
+  from hyperflax.data import sources_p3_heldout as h
+  copa = h.read_heldout(SHARED / 'p3', 'super_glue/copa')
+  llm = [json.loads(l) for l in open(
+      SHARED / 'p3/eval/super_glue_copa.validation.llmfoundry.jsonl')]
+  assert len(copa) == len(llm) == 100
+  for (f, _), ref in zip(copa, llm):
+    assert ref['query'].startswith(f['premise'].rstrip('.'))
+    joiner = ', therefore' if f['question'] == 'effect' else ' because'
+    assert ref['query'].endswith(joiner)
+    choices = [f['choice1'], f['choice2']]
+    assert [c[0].lower() + c[1:] for c in choices] == ref['choices']
+    assert f['label'] == ref['gold']
+  wino = h.read_heldout(SHARED / 'p3', 'winogrande/winogrande_xl')
+  llm = [json.loads(l) for l in open(
+      SHARED / 'p3/eval/winogrande_xl.validation.llmfoundry.jsonl')]
+  assert len(wino) == len(llm) == 1267
+  for (f, _), ref in zip(wino, llm):
+    before, after = f['sentence'].split('_', 1)
+    assert ref['context_options'] == [before + f['option1'], before + f['option2']]
+    assert ref['continuation'].strip() == after.strip()
+    assert int(f['answer']) - 1 == ref['gold']
+  for name in h.HELDOUT:  # the other held-out readers accept their files
+    assert len(h.read_heldout(SHARED / 'p3', name)) >= 56
+
+
+@pytest.mark.parametrize('name', ['metaicl_hr_to_lr', 'caclm_c4'])
+def test_real_streams_resume_exactly(name):
+  kw = dict(batch_size=4, seed=9, data_dir=SHARED)
+  if name == 'caclm_c4':
+    kw['use_tfds'] = False
+  full = [b for _, b in zip(range(5), registry.get_dataset(name, **kw))]
+  resumed = registry.get_dataset(name, start_step=3, **kw)
+  for i, b in zip(range(3, 5), resumed):
+    assert all(np.array_equal(b[k], full[i][k]) for k in b)
+  assert not np.array_equal(full[0]['encoder_inputs'], full[1]['encoder_inputs'])
+
+
+def test_eval_batches_are_deterministic_and_ordered():
+  def run():
+    stream = registry.get_dataset('metaicl_hr_to_lr', 'test', batch_size=8,
+                                  data_dir=SHARED, max_queries=3)
+    return stream, list(stream)
+  (s1, b1), (_, b2) = run(), run()
+  assert len(b1) == len(b2) > 0
+  assert all(np.array_equal(x[k], y[k]) for x, y in zip(b1, b2) for k in x)
+  order = [(int(t), int(e)) for b in b1
+           for t, e, p in zip(b['task_index'], b['example_index'], b['is_padding'])
+           if not p]
+  assert order == sorted(order) and order[0] == (0, 0)
+  assert {t for t, _ in order} == set(range(len(s1.tasks)))

@@ -147,3 +147,25 @@ def test_eval_scoring_batches_cover_every_option():
     for i, q in enumerate(task.queries):
       assert set(labels[ex[~pad] == i]) == {q.options.index(q.target)}
       assert sorted(opt[ex[~pad] == i]) == list(range(len(q.options)))
+
+
+def test_synthetic_caclm_context_holds_the_facts_of_the_continuation():
+  stream = registry.get_dataset('synthetic_caclm', batch_size=8, seed=0,
+                                vocab_path='words', num_docs=40)
+  tok = synthetic.word_tokenizer()
+  b = stream.batch(0)
+  seg = registry.SYNTHETIC_CACLM_SEGMENTS
+  found = total = 0
+  for r in range(8):
+    h = b['hyper_inputs'][r]
+    context = tok.decode(h[1:1 + seg.a]) + ' . ' + tok.decode(h[2 + seg.a:2 + seg.a + seg.d])
+    facts = set(zip(context.split(), context.split()[1:], context.split()[2:]))
+    c = tok.decode(b['targets'][r]).split()
+    for i in range(len(c) - 2):
+      if c[i + 1] in ('is', 'has'):
+        total += 1
+        found += (c[i], c[i + 1], c[i + 2]) in facts
+  # Most facts of C are stated in A or D (B's 16 tokens hold ~3 sentences).
+  assert total > 20 and found / total > 0.8
+  words = set(' '.join(synthetic.synthetic_documents(200)).split())
+  assert not words & set(synthetic.HELDOUT_KEYS)

@@ -13,6 +13,7 @@ from hyperflax.model import preset
 # d_kv=8 makes inner_dim (32) differ from d_model (64): catches D/F mix-ups.
 TINY = preset('tiny', vocab_size=512, d_kv=8)
 UNEVEN = TINY.replace(num_layers=3, num_decoder_layers=2)
+SCANNED = TINY.replace(scan_layers=True, remat=True)
 XL = preset('xl')
 
 # Hypermodel parameter counts for T5 v1.1 XL, P=32, R=8, 8 hypermodel decoder
@@ -66,7 +67,7 @@ def _check(hyper, t5, batch, length):
 
 
 @pytest.mark.parametrize('kind', KINDS)
-@pytest.mark.parametrize('t5', [TINY, UNEVEN], ids=['tiny', 'uneven'])
+@pytest.mark.parametrize('t5', [TINY, UNEVEN, SCANNED], ids=['tiny', 'uneven', 'scanned'])
 def test_shapes_tiny(kind, t5):
   _check(_config(kind), t5, batch=3, length=7)
 

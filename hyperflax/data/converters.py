@@ -22,6 +22,7 @@ counted in `DataStats` and logged.
 
 from __future__ import annotations
 
+from array import array
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -97,27 +98,29 @@ class Converter:
     self.mode = mode
     self.stats = stats or DataStats()
     self.target_eos = target_eos
-    self._cache: dict[str, list[int]] = {}
+    # Compact int32 arrays: a P3-sized cache of python int lists would take
+    # ~10x the memory.
+    self._cache: dict[str, array] = {}
     self._cache_size = cache_size
 
   # ---- tokens ---------------------------------------------------------------
 
-  def ids(self, text: str) -> list[int]:
+  def ids(self, text: str) -> Sequence[int]:
     """Cached encoding (labels and demos recur across episodes)."""
     ids = self._cache.get(text)
     if ids is None:
       if len(self._cache) >= self._cache_size:
         self._cache.clear()
-      ids = self._cache[text] = self.tokenizer.encode(text)
+      ids = self._cache[text] = array('i', self.tokenizer.encode(text))
     return ids
 
-  def _eos_truncate(self, ids: list[int], length: int, task: str, kind: str,
-                    eos: bool = True) -> list[int]:
+  def _eos_truncate(self, ids: Sequence[int], length: int, task: str,
+                    kind: str, eos: bool = True) -> list[int]:
     room = length - 1 if eos else length
     if len(ids) > room:
       self.stats.add(task, kind, warn=True)
       ids = ids[:room]
-    return ids + [EOS_ID] if eos else list(ids)
+    return [*ids, EOS_ID] if eos else list(ids)
 
   def query_ids(self, ep: Episode) -> list[int]:
     return self._eos_truncate(self.ids(ep.query.input), self.lengths.encoder,
@@ -160,18 +163,20 @@ class Converter:
     if self.mode == 'hyper':
       cols['hyper_inputs'] = []
     enc_len = self.lengths.concat if self.mode == 'concat' else self.lengths.encoder
-    hyper_memo: dict[int, tuple] = {}
+    # Scoring rows of one query share everything but the target: build (and
+    # count truncations of) the inputs once per episode.
+    memo: dict[int, tuple] = {}
     for ep, text in zip(eps, targets):
-      if self.mode == 'hyper':
-        # Eval rows of one query share demos; build their string once.
-        key = id(ep)
-        if key not in hyper_memo:
-          hyper_memo[key] = self.hyper_ids(ep)
-        hyp, used, dropped = hyper_memo[key]
-        cols['hyper_inputs'].append(pad_to(hyp, self.lengths.hyper))
-        enc = self.query_ids(ep)
-      else:
-        enc, used, dropped = self.encoder_ids(ep)
+      if id(ep) not in memo:
+        if self.mode == 'hyper':
+          hyp, used, dropped = self.hyper_ids(ep)
+          memo[id(ep)] = (pad_to(hyp, self.lengths.hyper), self.query_ids(ep),
+                          used, dropped)
+        else:
+          memo[id(ep)] = (None, *self.encoder_ids(ep))
+      hyp, enc, used, dropped = memo[id(ep)]
+      if hyp is not None:
+        cols['hyper_inputs'].append(hyp)
       cols['encoder_inputs'].append(pad_to(enc, enc_len))
       cols['hyper_num_used'].append(used)
       cols['hyper_num_dropped'].append(dropped)

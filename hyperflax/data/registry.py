@@ -157,6 +157,7 @@ def _suite(ctx) -> synthetic.SyntheticSuite:
 
 
 def _synthetic_eval(ctx, part):
+  part = 'validation' if part in ('test', 'eval') else part
   return _suite(ctx).eval_tasks(part, ctx.num_shots,
                                 ctx.opt('max_queries', 32))
 
@@ -199,10 +200,11 @@ def _context(name, seed, num_shots, data_dir, vocab_path, options):
     raise ValueError(f'{name}: unknown option(s) {sorted(unknown)}; allowed: '
                      f'{sorted(_OPTIONS[spec.options])}')
   data_dir = resolve_data_dir(data_dir)
+  vocab_path = vocab_path or data_dir / 't5' / 'spiece.model'
   if spec.synthetic_vocab:
     tokenizer = synthetic.synthetic_tokenizer(vocab_path)
   else:
-    tokenizer = load_vocabulary(vocab_path or data_dir / 't5' / 'spiece.model')
+    tokenizer = load_vocabulary(vocab_path)
   return spec, Context(name, data_dir, seed, num_shots, dict(options),
                        tokenizer, DataStats(name))
 
@@ -234,7 +236,9 @@ def get_dataset(name: str, split: str = 'train', *, batch_size: int,
 
   Returns:
     `TrainStream`, `caclm.CaclmStream` or `EvalStream` (iterables of numpy
-    batch dicts; see `converters` for the fields).
+    batch dicts; see `converters` for the fields). CACLM evaluation returns
+    a list of `num_eval_batches` batches (option, default 10) from held-out
+    documents (every 20th in-memory document, or TFDS 'validation').
   """
   spec, ctx = _context(name, seed, num_shots, data_dir, vocab_path, options)
   if spec.kind == 'caclm':

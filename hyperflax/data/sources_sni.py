@@ -9,6 +9,8 @@ Settings (paper §5.2): 'def' (the definition alone is the hypermodel input, as
 one `<x>` segment) and 'def_2pos' (definition + the first two positive
 examples, fixed for every query). English tasks only. Test tasks use their
 first 100 instances; training tasks at most `max_train_instances` each.
+Baselines: T5-MTF (Def) / (Def+2Pos) read the same definition (+ positives)
+concatenated with the query, i.e. `mode='concat'` of the converter.
 Split-listed tasks without a file are skipped and counted (or raise with
 `strict=True`): the shared sample holds only 30 of the 875 tasks.
 """

@@ -10,7 +10,7 @@ Families (input layout -> output; options for rank classification; chance):
     lookup      "<animal> <n>"        -> the task's label for the animal
                 (4 keys, 3 labels drawn from LABELS)              1/3
     category    "<food|tool> <n>"     -> the task's word for food / for tool
-                (2 labels drawn from LABELS, random order)         1/2
+                (2 labels drawn from LABELS)                       1/2
     select      "<w1> <w2> <w3>"      -> the word at the task's position
                 (words from LABELS; options: the 3 words)         1/3
   held out entirely (same skill, different surface):
@@ -18,9 +18,16 @@ Families (input layout -> output; options for rank classification; chance):
                     pseudo-words never seen in training)           1/3
     category_dash   "<n> - <food|tool>"   -> label                 1/2
     select_comma    "<w1> , <w2> , <w3>"  -> word at position      1/3
-`<n>` is an irrelevant number that makes each input unique. Every output word
-comes from LABELS, shared by all families: T5 v1.1 unties its output
-embedding, so an output word never trained as a target could not be produced.
+`<n>` is an irrelevant number that makes each input unique. Options are
+sorted (except `select`, whose options are the input words in order), so their
+order says nothing about the answer. Every output word comes from LABELS,
+shared by all families: T5 v1.1 unties its output embedding, so an output word
+never trained as a target could not be produced. A fixed seed generates
+`train_tasks_per_family` training tasks per seen family, then
+`heldout_tasks_per_family` held-out tasks per seen family and per held-out
+family; evaluation tasks have 16 fixed demonstrations and up to 32 queries,
+grouped as 'heldout_task:<family>' / 'heldout_family:<family>'. Chance on the
+'validation' split (both groups) is (1/3 + 1/2 + 1/3) / 3 = 0.389.
 
 Text is tokenised with the T5 SentencePiece model when available; without it
 the suite falls back (with a warning naming the missing file) to a closed
@@ -140,6 +147,12 @@ def _pseudo_keys():
   return tuple(_pick(rng, PSEUDO_WORDS, 40))
 
 
+HELDOUT_KEYS = _pseudo_keys()
+# CACLM entity names avoid the held-out keys, so hyperpretraining on synthetic
+# text never shows them either.
+_NAMES = tuple(sorted(set(PSEUDO_WORDS) - set(HELDOUT_KEYS)))
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   name: str
@@ -151,7 +164,7 @@ FAMILIES = (
     Family('lookup', _lookup(ANIMALS, '{key} {n}'), False),
     Family('category', _category('{key} {n}'), False),
     Family('select', _select(' '), False),
-    Family('lookup_pseudo', _lookup(_pseudo_keys(), '{n} : {key}'), True),
+    Family('lookup_pseudo', _lookup(HELDOUT_KEYS, '{n} : {key}'), True),
     Family('category_dash', _category('{n} - {key}'), True),
     Family('select_comma', _select(' , '), True),
 )
@@ -159,7 +172,7 @@ FAMILIES = (
 
 # ---- the suite -----------------------------------------------------------------
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class SyntheticSuite:
   """Procedurally generated tasks; all content is a function of `seed`.
 
@@ -183,13 +196,17 @@ class SyntheticSuite:
                   for inp, out, opts in fam.make(rng, self.pool_size)]
 
   def train_tasks(self) -> list[FewShotTask]:
+    """Training tasks of the seen families (memoised per configuration)."""
+    return list(_train_tasks(self))
+
+  def _build_train_tasks(self) -> tuple[FewShotTask, ...]:
     out = []
     for f, fam in enumerate(FAMILIES):
       if not fam.heldout:
         for i in range(self.train_tasks_per_family):
           name, exs = self._task(f, i)
           out.append(FewShotTask(name, exs, group=fam.name))
-    return out
+    return tuple(out)
 
   def eval_tasks(self, split: str = 'validation', num_shots: int = 16,
                  max_queries: int | None = 32) -> list[EvalTaskData]:
@@ -232,6 +249,11 @@ class SyntheticSuite:
     return out
 
 
+@functools.lru_cache(maxsize=4)
+def _train_tasks(suite: SyntheticSuite) -> tuple[FewShotTask, ...]:
+  return suite._build_train_tasks()  # pylint: disable=protected-access
+
+
 def chance_accuracy(tasks: list[EvalTaskData]) -> float:
   """Mean chance accuracy (uniform over each query's options)."""
   return float(np.mean([t.chance for t in tasks]))
@@ -248,7 +270,7 @@ def synthetic_documents(num_docs: int = 512, seed: int = 0,
   docs = []
   for i in range(num_docs):
     rng = np.random.default_rng([seed, i, 99])
-    names = _pick(rng, PSEUDO_WORDS, 8)
+    names = _pick(rng, _NAMES, 8)
     labels = [LABELS[i] for i in rng.integers(len(LABELS), size=8)]
     tools = [TOOLS[i] for i in rng.integers(len(TOOLS), size=8)]
     n = int(rng.integers(*sentences))

@@ -122,34 +122,36 @@ class Backbone(nn.Module):
     return jnp.moveaxis(states, 0, 1)  # [B, S, N, D]
 
 
-def copy_t5_weights(backbone_params: dict, t5_params: dict, backbone_config: T5Config,
+def copy_t5_weights(backbone_shapes: dict, t5_params: dict, backbone_config: T5Config,
                     t5_config: T5Config) -> dict:
-  """Returns `backbone_params` with T5's embedding, encoder and first N decoder layers.
+  """T5's embedding, encoder and first N decoder layers, as backbone parameters.
 
   Handles both layer layouts (`layers_i` and scanned `layers/layer`), so
   `load_pretrained(..., scan_layers=...)` checkpoints of either kind work as
   long as the backbone uses the same layout.
 
   Args:
-    backbone_params: the `Backbone`'s parameters (its `decoder_inputs` are kept).
+    backbone_shapes: the `Backbone`'s parameters or their shapes (e.g. from
+      `jax.eval_shape`), used to check the copy.
     t5_params: `T5` parameters (e.g. from `load_pretrained`), boxed or not.
     backbone_config: the backbone's config (truncated decoder).
     t5_config: the config `t5_params` were built with.
 
   Returns:
-    A new parameter dict; the inputs are not modified.
+    {'token_embedder', 'encoder', 'decoder'} subtrees of `t5_params` (not
+    copied in memory); the learned `decoder_inputs` are left to the caller.
   """
   t5_params = nn.unbox(t5_params)
-  out = dict(nn.unbox(backbone_params))
   keep = backbone_config.num_decoder_layers
   if keep > t5_config.num_decoder_layers:
     raise ValueError(f'decoder_layers={keep} but the T5 checkpoint has only '
                      f'{t5_config.num_decoder_layers} decoder layers')
-  if backbone_config.scan_layers != t5_config.scan_layers:
-    raise ValueError('copy_t5_weights: backbone and T5 must use the same layer layout '
-                     '(scan_layers); convert with hf.stack_layers / unstack_layers')
-  out['token_embedder'] = t5_params['token_embedder']
-  out['encoder'] = t5_params['encoder']
+  t5_scanned = 'layers' in t5_params['encoder']  # the layout the parameters really have
+  if backbone_config.scan_layers != t5_scanned:
+    raise ValueError(
+        f'copy_t5_weights: the T5 parameters use the {"scanned" if t5_scanned else "per-layer"}'
+        f' layer layout but the hypermodel has scan_layers={backbone_config.scan_layers}; '
+        'load them with load_pretrained(..., scan_layers=...) to match')
   t5_dec = t5_params['decoder']
   decoder = {'relpos_bias': t5_dec['relpos_bias'], 'decoder_norm': t5_dec['decoder_norm']}
   if backbone_config.scan_layers:
@@ -157,22 +159,23 @@ def copy_t5_weights(backbone_params: dict, t5_params: dict, backbone_config: T5C
   else:
     for i in range(keep):
       decoder[f'layers_{i}'] = t5_dec[f'layers_{i}']
-  out['decoder'] = decoder
-  _check_same_shapes(backbone_params, out)
+  out = {'token_embedder': t5_params['token_embedder'], 'encoder': t5_params['encoder'],
+         'decoder': decoder}
+  want = {k: v for k, v in nn.unbox(backbone_shapes).items() if k != 'decoder_inputs'}
+  _check_same_shapes(want, out)
   return out
 
 
 def _check_same_shapes(want: dict, got: dict) -> None:
-  want_flat = {jax.tree_util.keystr(k): v.shape for k, v in
-               jax.tree_util.tree_flatten_with_path(nn.unbox(want))[0]}
-  got_flat = {jax.tree_util.keystr(k): v.shape for k, v in
-              jax.tree_util.tree_flatten_with_path(got)[0]}
+  flat = lambda tree: {jax.tree_util.keystr(k): tuple(v.shape) for k, v in
+                       jax.tree_util.tree_flatten_with_path(tree)[0]}
+  want_flat, got_flat = flat(want), flat(got)
   if want_flat.keys() != got_flat.keys():
     missing = sorted(want_flat.keys() - got_flat.keys())[:5]
     extra = sorted(got_flat.keys() - want_flat.keys())[:5]
     raise ValueError(f'copy_t5_weights: parameter trees differ; missing {missing}, '
                      f'unexpected {extra}')
   for k, shape in want_flat.items():
-    if tuple(got_flat[k]) != tuple(shape):
-      raise ValueError(f'copy_t5_weights: {k} has shape {tuple(got_flat[k])} in the T5 '
-                       f'checkpoint but the hypermodel expects {tuple(shape)}')
+    if got_flat[k] != shape:
+      raise ValueError(f'copy_t5_weights: {k} has shape {got_flat[k]} in the T5 '
+                       f'checkpoint but the hypermodel expects {shape}')

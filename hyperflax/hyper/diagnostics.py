@@ -20,9 +20,12 @@ def _leaf_stats(x: Array) -> dict[str, Array]:
   """x: [S, L, ...] for S demonstration sets -> per-layer statistics [L]."""
   x = x.astype(jnp.float32).reshape(x.shape[:2] + (-1,))
   norms = jnp.linalg.norm(x, axis=-1)  # [S, L]
-  mean = jnp.mean(x, axis=0)  # [L, N]
-  spread = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(x - mean), axis=-1), axis=0))  # [L]
-  mean_norm = jnp.linalg.norm(mean, axis=-1)
+  # Deviations are taken relative to set 0 first: identical sets then give
+  # exactly zero spread (no cancellation error from subtracting a mean).
+  rel = x - x[:1]
+  dev = rel - jnp.mean(rel, axis=0)
+  spread = jnp.sqrt(jnp.mean(jnp.sum(jnp.square(dev), axis=-1), axis=0))  # [L]
+  mean_norm = jnp.linalg.norm(jnp.mean(x, axis=0), axis=-1)
   return {'norm': jnp.mean(norms, axis=0), 'norm_std': jnp.std(norms, axis=0),
           'spread': spread, 'relative_spread': spread / jnp.maximum(mean_norm, 1e-12)}
 

@@ -68,26 +68,40 @@ def init_hypermodel(hyper: HyperConfig, t5: T5Config, rng: Array, t5_params=None
     t5: config of the downstream T5 (and of `t5_params`).
     rng: PRNG key.
     t5_params: optional T5 parameters (e.g. `load_pretrained(path)[1]`): their
-      embedding, encoder and first `decoder_layers` decoder layers are copied
-      into the backbone, and the learned decoder inputs are set to vocabulary
-      rows. Ignored by the shared kinds, which have no backbone.
+      embedding, encoder and first `decoder_layers` decoder layers become the
+      backbone, and the learned decoder inputs are set to vocabulary rows.
+      Ignored by the shared kinds, which have no backbone.
     input_len: length of the dummy input used to trace `init`.
 
   Returns:
     Unboxed float32 parameters (use `param_axes` for their logical axes).
   """
   model = build_hypermodel(hyper, t5)
-  init_rng, vocab_rng = jax.random.split(rng)
-  params = jax.jit(lambda r: model.init(r, _dummy_tokens(1, input_len)))(init_rng)['params']
-  params = dict(nn.unbox(params))
+  tokens = _dummy_tokens(1, input_len)
   if t5_params is None or not hyper.uses_backbone:
-    return params
-  backbone_config = hyper.backbone_config(t5)
-  backbone = copy_t5_weights(params['backbone'], t5_params, backbone_config, t5)
-  embedding = jnp.asarray(backbone['token_embedder']['embedding'])
-  num_inputs = backbone['decoder_inputs'].shape[0]
-  rows = jax.random.randint(vocab_rng, (num_inputs,), 2,
-                            max(3, min(_VOCAB_INIT_ROWS, embedding.shape[0])))
-  backbone['decoder_inputs'] = embedding[rows]
-  params['backbone'] = backbone
+    params = jax.jit(lambda r: model.init(r, tokens))(rng)['params']
+    return dict(nn.unbox(params))
+  shapes = nn.unbox(abstract_params(hyper, t5, input_len))
+  backbone = copy_t5_weights(shapes['backbone'], t5_params, hyper.backbone_config(t5), t5)
+  num_inputs = shapes['backbone']['decoder_inputs'].shape[0]
+
+  @jax.jit
+  def init(rng, backbone):
+    init_rng, vocab_rng = jax.random.split(rng)
+    embedding = backbone['token_embedder']['embedding']
+    rows = jax.random.randint(vocab_rng, (num_inputs,), 2,
+                              max(3, min(_VOCAB_INIT_ROWS, embedding.shape[0])))
+    backbone = dict(backbone, decoder_inputs=jnp.asarray(embedding)[rows])
+    # Only the missing parameters (heads, gates) are drawn: applying with a
+    # mutable 'params' collection initialises exactly those, so no random
+    # backbone is generated just to be overwritten.
+    _, variables = model.apply({'params': {'backbone': backbone}}, tokens,
+                               rngs={'params': init_rng}, mutable=['params'])
+    return nn.unbox(variables['params'])
+
+  params = dict(init(rng, backbone))
+  got = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+  want = jax.tree.map(lambda x: (x.shape, x.dtype), shapes)
+  if got != want:  # never expected: the two initialisation paths must agree
+    raise AssertionError('init_hypermodel: parameter tree differs from model.init')
   return params

@@ -141,14 +141,25 @@ class Experiment:
   # ---- forward ------------------------------------------------------------
 
   def generate_peft(self, hyper_params, hyper_inputs: Array, deterministic: bool = True,
-                    rng: Array | None = None) -> tuple[Any, dict]:
+                    rng: Array | None = None, shared_demos: bool = False) -> tuple[Any, dict]:
+    """Runs the generator. With `shared_demos` (every row holds the same task
+    and demonstrations, as in evaluation) it runs once on row 0 and the result
+    is given to every row: the adapter is computed once per task."""
     rngs = None if deterministic else {'dropout': rng}
-    return self.hyper.apply({'params': hyper_params}, hyper_inputs,
-                            deterministic=deterministic, rngs=rngs)
+    batch = hyper_inputs.shape[0]
+    if shared_demos:
+      hyper_inputs = hyper_inputs[:1]
+    peft, aux = self.hyper.apply({'params': hyper_params}, hyper_inputs,
+                                 deterministic=deterministic, rngs=rngs)
+    if shared_demos:
+      widen = lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:])
+      peft = jax.tree.map(widen, peft)
+      aux = {k: widen(v) for k, v in aux.items() if k in ('fusion_states', 'fusion_mask')}
+    return peft, aux
 
   def forward(self, trainable: dict, frozen: dict, batch: dict[str, Array], *,
               deterministic: bool = True, rng: Array | None = None,
-              peft=None, aux=None) -> tuple[Array, dict]:
+              peft=None, aux=None, shared_demos: bool = False) -> tuple[Array, dict]:
     """Logits [B, T, V] for `batch`, and the generator's aux outputs.
 
     `peft`/`aux` may be given precomputed (a stored adapter); otherwise the
@@ -161,7 +172,9 @@ class Experiment:
       hyper_inputs = batch.get('hyper_inputs')
       if hyper_inputs is None:  # shared kinds ignore their input
         hyper_inputs = jnp.ones((batch['encoder_inputs'].shape[0], 1), jnp.int32)
-      peft, aux = self.generate_peft(trainable['hyper'], hyper_inputs, deterministic, hyper_rng)
+        shared_demos = True
+      peft, aux = self.generate_peft(trainable['hyper'], hyper_inputs, deterministic, hyper_rng,
+                                     shared_demos)
     aux = aux or {}
     rngs = None if deterministic else {'dropout': t5_rng}
     logits = self.t5.apply({'params': downstream}, batch['encoder_inputs'],

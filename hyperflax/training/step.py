@@ -115,21 +115,24 @@ def make_train_step(exp: Experiment, optimizer: optax.GradientTransformation,
   return train_step
 
 
-def make_score_step(exp: Experiment):
+def make_score_step(exp: Experiment, shared_demos: bool = True):
   """`score(trainable, frozen, batch) -> [B]` summed target log-likelihood.
 
   Rank classification picks the option with the highest total
-  log-likelihood (T0's convention: no length normalisation).
+  log-likelihood (T0's convention: no length normalisation). With
+  `shared_demos` (evaluation batches never span two tasks) the adapter is
+  generated once per batch from row 0.
   """
   def score(trainable, frozen, batch):
-    logits, _ = exp.forward(trainable, frozen, batch, deterministic=True)
+    logits, _ = exp.forward(trainable, frozen, batch, deterministic=True,
+                            shared_demos=shared_demos)
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     tok = jnp.take_along_axis(logp, batch['targets'][..., None].astype(jnp.int32), -1)[..., 0]
     return jnp.sum(tok * batch['target_weights'], axis=-1)
   return score
 
 
-def make_generate_step(exp: Experiment, max_decode_length: int):
+def make_generate_step(exp: Experiment, max_decode_length: int, shared_demos: bool = True):
   """`generate(trainable, frozen, batch) -> [B, max_decode_length]` greedy tokens."""
   def generate(trainable, frozen, batch):
     downstream = trainable.get('downstream', frozen.get('downstream'))
@@ -138,7 +141,8 @@ def make_generate_step(exp: Experiment, max_decode_length: int):
       hyper_inputs = batch.get('hyper_inputs')
       if hyper_inputs is None:
         hyper_inputs = jnp.ones((batch['encoder_inputs'].shape[0], 1), jnp.int32)
-      peft, aux = exp.generate_peft(trainable['hyper'], hyper_inputs)
+      peft, aux = exp.generate_peft(trainable['hyper'], hyper_inputs,
+                                    shared_demos=shared_demos or 'hyper_inputs' not in batch)
     return greedy_decode(exp.t5_config, downstream, batch['encoder_inputs'], max_decode_length,
                          peft=peft, fusion_states=aux.get('fusion_states'),
                          fusion_mask=aux.get('fusion_mask'))

@@ -1,0 +1,354 @@
+r"""Generated adapters on disk: format, manifest, downstream identity, PEFT export/import.
+
+An adapter is what one hypermodel forward pass writes for one task (HyperTuning
+Fig. 1D): after it exists, the task is served without its demonstrations,
+which are never stored. Layout (written by `python -m hyperflax.hypertune`)::
+
+  ADAPTER_DIR/manifest.json          what it is and which downstream model it fits
+  ADAPTER_DIR/adapter.safetensors    float32 tensors of one task, no batch axis
+
+Tensor names are the slot paths of `hyperflax.model.peft`, '/'-joined:
+  {encoder,decoder}/self/prefix/{k,v}                      [L, P, heads*d_kv]
+  {encoder/self,decoder/self,decoder/cross}/{query,value}/{a,b,gate}
+                                                           [L, D, R], [L, R, F], [L]
+  fusion/states [T, D], fusion/mask [T] (uint8)   HART fusion-in-decoder: the
+      hypermodel's encoder output, which the downstream decoder cross-attends to
+  init/embeddings [2P, D]                         prefix_mlp: generated prefix-tuning
+      embeddings (for hyper-init through the Prefix-MLP reparameterisation)
+
+Manifest fields: format, format_version, kind (the generator kind), peft_type
+('lora' | 'prefix'), lora_rank, prefix_len, tensors (name -> shape, dtype),
+fusion (null or {length, note}), downstream ({config: transformers config
+dict, params_sha256, source}), hypermodel ({checkpoint, step, method, kind,
+train_downstream}), demonstrations ({given, used, dropped_to_fit,
+beyond_num_shots, definition, stored: false}), tokenizer ({kind, path,
+sha256}), lengths ({hyper, encoder, decoder}), created.
+
+PEFT export. LoRA adapters export to the Hugging Face PEFT layout
+(`adapter_config.json` + `adapter_model.safetensors`): lora_A = a.T,
+lora_B = (gate * b).T, r = lora_alpha = R, so PEFT's scaling alpha/r is 1 and
+the generated per-layer gate is folded into B. Prefix adapters are NOT
+exported to PEFT prefix tuning: for T5, peft 0.21 passes the prefixes as
+decoder `past_key_values` only, so (1) the encoder gets no prefix, (2)
+transformers' T5 gives prefix positions relative-position buckets (it computes
+the bias over key_length including the past, shifting the real tokens by P)
+and (3) the cross-attention cache is reset. Our rule (layers.py) gives both
+encoder and decoder self-attention prefixes with zero position bias, never
+masked: the two do not compute the same function, so prefixes stay in this
+format, loaded by `load_adapter` (and served by `hyperflax.serving`).
+Fusion adapters cannot be expressed in PEFT at all and are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from hyperflax.model import peft as peft_lib
+from hyperflax.model.config import T5Config
+
+FORMAT, FORMAT_VERSION = 'hyperflax-adapter', 1
+MANIFEST_FILE, TENSORS_FILE = 'manifest.json', 'adapter.safetensors'
+HASH_CACHE_FILE = 'hyperflax_params_sha256.json'
+PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
+# transformers module of each LoRA site (as in tests/test_t5_peft.py).
+PEFT_SITES = {('encoder', 'self'): 'encoder.block.{i}.layer.0.SelfAttention',
+              ('decoder', 'self'): 'decoder.block.{i}.layer.0.SelfAttention',
+              ('decoder', 'cross'): 'decoder.block.{i}.layer.1.EncDecAttention'}
+PEFT_PROJECTIONS = {'query': 'q', 'value': 'v'}
+# Config fields that decide which function a T5 computes (dropout does not).
+_ARCH_KEYS = ('vocab_size', 'd_model', 'd_kv', 'd_ff', 'num_heads', 'num_layers',
+              'num_decoder_layers', 'relative_attention_num_buckets',
+              'relative_attention_max_distance', 'layer_norm_epsilon', 'feed_forward_proj')
+
+
+class AdapterMismatchError(ValueError):
+  """The adapter was generated for another downstream model."""
+
+
+@dataclasses.dataclass
+class Adapter:
+  """One task's generated parameters and their manifest.
+
+  Attributes:
+    tensors: '/'-joined name -> float32 numpy array without a batch axis.
+    manifest: the JSON manifest (see module docstring).
+  """
+  tensors: dict[str, np.ndarray]
+  manifest: dict[str, Any]
+
+  @property
+  def kind(self) -> str:
+    return self.manifest['kind']
+
+  @property
+  def peft_type(self) -> str:
+    return self.manifest['peft_type']
+
+  @property
+  def has_fusion(self) -> bool:
+    return 'fusion/states' in self.tensors
+
+  def slots(self) -> dict[str, np.ndarray]:
+    """The PEFT slot tensors (no fusion / init tensors), flat."""
+    return {k: v for k, v in self.tensors.items() if not k.startswith(('fusion/', 'init/'))}
+
+  def peft(self, batch: int = 1) -> dict:
+    """Slots shaped for the model: leaves [batch, L, ...] (`peft.py`)."""
+    return peft_lib.unflatten({k: np.broadcast_to(v, (batch,) + v.shape)
+                               for k, v in self.slots().items()})
+
+  def fusion(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """([1, T, D] float32, [1, T] bool) fusion states, or (None, None)."""
+    if not self.has_fusion:
+      return None, None
+    return self.tensors['fusion/states'][None], self.tensors['fusion/mask'][None].astype(bool)
+
+  def signature(self) -> tuple:
+    """Shapes that must agree for adapters to share one compiled batch."""
+    fusion = self.tensors['fusion/states'].shape if self.has_fusion else None
+    return tuple(sorted((k, v.shape) for k, v in self.slots().items())), fusion
+
+
+def from_generated(peft, aux: dict, manifest: dict) -> Adapter:
+  """Builds an `Adapter` from a batch-1 generator output (`hyper.apply`)."""
+  tensors = {k: np.asarray(v, np.float32)[0] for k, v in peft_lib.flatten(peft).items()}
+  if aux.get('fusion_states') is not None:
+    tensors['fusion/states'] = np.asarray(aux['fusion_states'], np.float32)[0]
+    mask = aux.get('fusion_mask')
+    mask = np.ones(tensors['fusion/states'].shape[:1], bool) if mask is None else np.asarray(mask)[0]
+    tensors['fusion/mask'] = mask.astype(np.uint8)
+  if aux.get('embeddings') is not None and manifest.get('kind') == 'prefix_mlp':
+    tensors['init/embeddings'] = np.asarray(aux['embeddings'], np.float32)[0]
+  manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+  manifest['peft_type'] = 'prefix' if any('/prefix/' in k for k in tensors) else 'lora'
+  manifest['tensors'] = {k: {'shape': list(v.shape), 'dtype': str(v.dtype)}
+                         for k, v in sorted(tensors.items())}
+  manifest['fusion'] = ({'length': int(tensors['fusion/states'].shape[0]),
+                         'note': 'hypermodel encoder output + mask, cross-attended by the '
+                                 'downstream decoder (fusion-in-decoder); computed once per '
+                                 'task from the demonstrations, which are not stored'}
+                        if 'fusion/states' in tensors else None)
+  return Adapter(tensors, manifest)
+
+
+# ---- files ---------------------------------------------------------------------
+
+def save_adapter(adapter: Adapter, out_dir: str) -> str:
+  from safetensors.numpy import save_file
+  os.makedirs(out_dir, exist_ok=True)
+  save_file({k: np.ascontiguousarray(v) for k, v in adapter.tensors.items()},
+            os.path.join(out_dir, TENSORS_FILE), metadata={'format': FORMAT})
+  with open(os.path.join(out_dir, MANIFEST_FILE), 'w') as f:
+    json.dump(adapter.manifest, f, indent=2, sort_keys=True)
+  return out_dir
+
+
+def load_adapter(path: str) -> Adapter:
+  """Reads an adapter directory written by `save_adapter`."""
+  from safetensors.numpy import load_file
+  manifest_path = os.path.join(path, MANIFEST_FILE)
+  if not os.path.exists(manifest_path):
+    hint = (' (this is a PEFT directory: use adapters.import_peft)'
+            if os.path.exists(os.path.join(path, PEFT_CONFIG_FILE)) else '')
+    raise FileNotFoundError(f'{path}: no {MANIFEST_FILE}; not a hyperflax adapter{hint}')
+  with open(manifest_path) as f:
+    manifest = json.load(f)
+  if manifest.get('format') != FORMAT or manifest.get('format_version', 0) > FORMAT_VERSION:
+    raise ValueError(f'{manifest_path}: format {manifest.get("format")!r} version '
+                     f'{manifest.get("format_version")!r} is not readable by this hyperflax')
+  tensors = load_file(os.path.join(path, TENSORS_FILE))
+  return Adapter(dict(tensors), manifest)
+
+
+# ---- downstream identity -------------------------------------------------------
+
+def params_sha256(params, config: T5Config | None = None) -> str:
+  """sha256 over sorted '/'-joined names, shapes and float32 bytes (unscanned)."""
+  if 'layers' in params.get('encoder', {}):
+    from hyperflax.model import hf
+    params = hf.unstack_layers(params, config)
+  h = hashlib.sha256()
+  for name, value in sorted(peft_lib.flatten(params).items()):
+    array = np.ascontiguousarray(np.asarray(value, np.float32))
+    h.update(f'{name}:{array.shape}\n'.encode())
+    h.update(array.tobytes())
+  return h.hexdigest()
+
+
+def _dir_signature(path: str) -> dict[str, list[int]]:
+  sig = {}
+  for root, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(root, name)
+      if name != HASH_CACHE_FILE:
+        st = os.stat(full)
+        sig[os.path.relpath(full, path)] = [st.st_size, st.st_mtime_ns]
+  return sig
+
+
+def model_dir_sha256(model_dir: str, params, config: T5Config | None = None) -> str:
+  """`params_sha256` of a model directory, cached next to it (hashing XL takes seconds).
+
+  The cache is keyed by the size and mtime of every file in the directory and
+  is skipped silently when the directory is read-only. `params` may be a
+  zero-argument callable, called only when the cache misses.
+  """
+  cache = os.path.join(model_dir, HASH_CACHE_FILE)
+  sig = _dir_signature(model_dir)
+  try:
+    with open(cache) as f:
+      cached = json.load(f)
+    if cached.get('files') == sig:
+      return cached['sha256']
+  except (OSError, ValueError):
+    pass
+  digest = params_sha256(params() if callable(params) else params, config)
+  try:
+    with open(cache, 'w') as f:
+      json.dump({'sha256': digest, 'files': sig}, f)
+  except OSError:
+    pass
+  return digest
+
+
+def downstream_identity(config: T5Config, sha256: str | None, source: str) -> dict:
+  return {'config': config.to_hf_dict(), 'params_sha256': sha256, 'source': source}
+
+
+def _arch(d: dict) -> dict:
+  return {k: d.get(k) for k in _ARCH_KEYS}
+
+
+def check_downstream(adapter: Adapter, config: T5Config, sha256: str, where: str,
+                     name: str = 'adapter') -> None:
+  """Raises `AdapterMismatchError` naming both models unless the adapter fits."""
+  want = adapter.manifest.get('downstream') or {}
+  mine, theirs = _arch(config.to_hf_dict()), _arch(want.get('config') or {})
+  if mine != theirs:
+    diff = {k: (theirs[k], mine[k]) for k in _ARCH_KEYS if mine[k] != theirs[k]}
+    raise AdapterMismatchError(
+        f'{name} was generated for a downstream T5 with config {theirs} (source '
+        f'{want.get("source")!r}); {where} has another architecture: '
+        + ', '.join(f'{k}: adapter {a} vs model {b}' for k, (a, b) in diff.items()))
+  if want.get('params_sha256') and want['params_sha256'] != sha256:
+    raise AdapterMismatchError(
+        f'{name} was generated for downstream parameters sha256={want["params_sha256"]} '
+        f'(source {want.get("source")!r}), but {where} has sha256={sha256}: serving it '
+        'there would silently compute something else. Use the model it was made for '
+        '(HyperT5+ checkpoints: hypertune --export-downstream).')
+
+
+# ---- Hugging Face PEFT ---------------------------------------------------------
+
+def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | None = None) -> str:
+  """Writes a LoRA adapter in PEFT's layout (see module docstring).
+
+  Raises:
+    ValueError: for fusion-in-decoder and prefix adapters (not expressible).
+  """
+  from safetensors.numpy import save_file
+  if adapter.has_fusion:
+    raise ValueError(f'{adapter.kind} adapter uses fusion-in-decoder (the downstream decoder '
+                     'cross-attends to stored hypermodel states): PEFT has no equivalent. '
+                     'Serve it with hyperflax.predict instead.')
+  if adapter.peft_type != 'lora':
+    raise ValueError(f'{adapter.kind} adapter holds prefixes; PEFT prefix tuning for T5 '
+                     'computes a different function (decoder only, prefix positions get '
+                     'position bias; see hyperflax.adapters docstring). Use the hyperflax '
+                     'adapter format (load_adapter) instead.')
+  slots = adapter.slots()
+  tensors, modules, ranks = {}, [], set()
+  for (stack, site), pattern in PEFT_SITES.items():
+    for proj, short in PEFT_PROJECTIONS.items():
+      key = f'{stack}/{site}/{proj}'
+      if f'{key}/a' not in slots:
+        continue
+      a, b = slots[f'{key}/a'], slots[f'{key}/b']
+      gate = slots.get(f'{key}/gate', np.ones(a.shape[0], np.float32))
+      for layer in range(a.shape[0]):
+        module = f'{pattern.format(i=layer)}.{short}'
+        modules.append(module)
+        ranks.add(a.shape[-1])
+        tensors[f'base_model.model.{module}.lora_A.weight'] = np.ascontiguousarray(a[layer].T)
+        tensors[f'base_model.model.{module}.lora_B.weight'] = np.ascontiguousarray(
+            (b[layer] * gate[layer]).T)
+  rank = ranks.pop()
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(tensors, os.path.join(out_dir, PEFT_WEIGHTS_FILE), metadata={'format': 'pt'})
+  config = {
+      'peft_type': 'LORA', 'task_type': 'SEQ_2_SEQ_LM', 'r': rank, 'lora_alpha': rank,
+      'lora_dropout': 0.0, 'bias': 'none', 'fan_in_fan_out': False, 'use_rslora': False,
+      'use_dora': False, 'target_modules': sorted(modules), 'modules_to_save': None,
+      'inference_mode': True, 'init_lora_weights': True, 'rank_pattern': {},
+      'alpha_pattern': {}, 'base_model_name_or_path': base_model_name_or_path,
+  }
+  with open(os.path.join(out_dir, PEFT_CONFIG_FILE), 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  with open(os.path.join(out_dir, 'hyperflax_manifest.json'), 'w') as f:
+    json.dump(adapter.manifest, f, indent=2, sort_keys=True)  # provenance only
+  return out_dir
+
+
+_PEFT_NAME = re.compile(r'(?:base_model\.model\.)?(encoder|decoder)\.block\.(\d+)\.layer\.\d\.'
+                        r'(SelfAttention|EncDecAttention)\.([qv])\.lora_([AB])(?:\.\w+)?\.weight$')
+
+
+def _pattern_value(pattern: dict, module: str, default):
+  for key, value in pattern.items():
+    if module == key or module.endswith('.' + key) or re.fullmatch(key, module):
+      return value
+  return default
+
+
+def import_peft(peft_dir: str, config: T5Config) -> Adapter:
+  """Reads a PEFT LoRA adapter for T5 (q/v maps) into our format.
+
+  PEFT's scaling (alpha/r, or alpha/sqrt(r) with rsLoRA) becomes the gate;
+  layers PEFT leaves out get zero factors (an exact identity), and ranks that
+  differ per module (rank_pattern) are zero-padded to the largest.
+  """
+  from safetensors.numpy import load_file
+  with open(os.path.join(peft_dir, PEFT_CONFIG_FILE)) as f:
+    cfg = json.load(f)
+  if cfg.get('peft_type') != 'LORA' or cfg.get('use_dora') or cfg.get('bias', 'none') != 'none':
+    raise ValueError(f'{peft_dir}: only plain LoRA (no DoRA, bias="none") can be imported; '
+                     f'got peft_type={cfg.get("peft_type")!r}')
+  found: dict = {}
+  for name, value in load_file(os.path.join(peft_dir, PEFT_WEIGHTS_FILE)).items():
+    m = _PEFT_NAME.search(name)
+    if m is None:
+      raise ValueError(f'{peft_dir}: tensor {name!r} is not a LoRA factor of a T5 q/v map')
+    stack, layer, block, short, ab = m.groups()
+    site = 'cross' if block == 'EncDecAttention' else 'self'
+    proj = {v: k for k, v in PEFT_PROJECTIONS.items()}[short]
+    module = f'{PEFT_SITES[(stack, site)].format(i=layer)}.{short}'
+    found.setdefault((stack, site, proj), {}).setdefault(int(layer), {})[ab] = (module, value)
+  tensors = {}
+  rank = max(v['A'][1].shape[0] for site in found.values() for v in site.values())
+  for (stack, site, proj), layers in sorted(found.items()):
+    n = config.num_layers if stack == 'encoder' else config.num_decoder_layers
+    a = np.zeros((n, config.d_model, rank), np.float32)
+    b = np.zeros((n, rank, config.inner_dim), np.float32)
+    gate = np.zeros((n,), np.float32)
+    for layer, ab in layers.items():
+      module, lora_a = ab['A']
+      r = lora_a.shape[0]
+      a[layer, :, :r], b[layer, :r] = lora_a.T, ab['B'][1].T
+      r_cfg = _pattern_value(cfg.get('rank_pattern') or {}, module, cfg['r'])
+      alpha = _pattern_value(cfg.get('alpha_pattern') or {}, module, cfg['lora_alpha'])
+      gate[layer] = alpha / (r_cfg ** 0.5 if cfg.get('use_rslora') else r_cfg)
+    tensors.update({f'{stack}/{site}/{proj}/a': a, f'{stack}/{site}/{proj}/b': b,
+                    f'{stack}/{site}/{proj}/gate': gate})
+  manifest = {'kind': 'peft_lora', 'lora_rank': rank, 'prefix_len': None,
+              'downstream': downstream_identity(config, None, cfg.get('base_model_name_or_path')
+                                                or 'unknown (imported from PEFT)'),
+              'imported_from': os.path.abspath(peft_dir)}
+  return from_generated(peft_lib.unflatten({k: v[None] for k, v in tensors.items()}), {},
+                        manifest)

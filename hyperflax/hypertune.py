@@ -1,0 +1,328 @@
+r"""Hypertune a task: few-shot examples -> one hypermodel forward pass -> an adapter.
+
+  python -m hyperflax.hypertune --checkpoint WORKDIR --examples few_shot.jsonl \
+      [--definition TEXT] --out ADAPTER_DIR [--export-downstream HF_DIR] \
+      [--export-peft PEFT_DIR] [--hyper-init INIT_WORKDIR]
+  python -m hyperflax.hypertune --adapter ADAPTER_DIR --export-peft PEFT_DIR
+
+`--checkpoint` is a training workdir (`config.json` + `checkpoints/`); the
+JSONL has one `{"input": ..., "output": ...}` (or "target") object per line.
+The demonstrations are formatted exactly as in training (the config's
+dataset tokenizer, `data.lengths`, `<x> input <y> output` segments, whole
+demonstrations dropped to fit) and are not stored: the adapter directory holds
+only the generated parameters and a manifest (see `hyperflax.adapters`).
+
+  --export-downstream  writes the downstream T5 this adapter fits as a
+                       transformers directory (HyperT5+ checkpoints, whose T5 was
+                       trained, and random-init tiny runs have no other copy);
+  --export-peft        writes a LoRA adapter in Hugging Face PEFT's layout;
+  --hyper-init         writes a workdir whose checkpoint initialises single-task
+                       PEFT tuning (HyperTuning §6): train it with
+                       `--config.hyper.kind=shared_lora|shared_prefix
+                       --config.hyper.init_from=INIT_WORKDIR`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperflax import adapters as adapters_lib
+from hyperflax.data.examples import Example, Lengths
+
+log = logging.getLogger('hyperflax.hypertune')
+
+
+def read_examples(path: str) -> list[Example]:
+  """Demonstrations from JSONL lines `{"input": str, "output"|"target": str}`."""
+  out = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{path}:{number}'
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{where}: not valid JSON ({e.msg})') from None
+      if not isinstance(row, dict):
+        raise ValueError(f'{where}: expected an object, got {type(row).__name__}')
+      target = row.get('output', row.get('target'))
+      if not isinstance(row.get('input'), str) or not isinstance(target, str):
+        raise ValueError(f'{where}: needs string fields "input" and "output" (or "target"); '
+                         f'got keys {sorted(row)}')
+      out.append(Example(row['input'], target, origin=where))
+  return out
+
+
+def _latest_step(workdir: str) -> int:
+  import orbax.checkpoint as ocp
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  with ocp.CheckpointManager(directory, item_names=('state', 'meta')) as mngr:
+    step = mngr.latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{directory}: no finished checkpoint')
+  return int(step)
+
+
+def tokenizer_info(tokenizer) -> dict[str, Any]:
+  """How predict re-creates the tokenizer (kind, path, file hash)."""
+  from hyperflax.data import synthetic
+  if isinstance(tokenizer, synthetic.WordTokenizer):
+    return {'kind': 'words', 'path': None, 'sha256': None}
+  with open(tokenizer.path, 'rb') as f:
+    digest = hashlib.sha256(f.read()).hexdigest()
+  return {'kind': 'sentencepiece', 'path': os.path.abspath(tokenizer.path), 'sha256': digest}
+
+
+@dataclasses.dataclass
+class Hypermodel:
+  """A trained generator, loaded once; its forward pass is compiled once.
+
+  Attributes:
+    checkpoint: absolute path of the training workdir.
+    step: the checkpoint step read.
+    config: the training ConfigDict.
+    exp: the `Experiment` built from it.
+    hyper_params: generator parameters (device arrays).
+    converter: few-shot formatter built as in training ('hyper' mode).
+    downstream_source: where the downstream T5 comes from.
+  """
+  checkpoint: str
+  step: int
+  config: Any
+  exp: Any
+  hyper_params: Any
+  converter: Any
+  downstream_source: str
+  _trained_downstream: Any = None
+  _downstream: Any = None
+  _sha256: str | None = None
+
+  def __post_init__(self):
+    self._generate = jax.jit(lambda params, tokens: self.exp.generate_peft(params, tokens))
+
+  @property
+  def t5_config(self):
+    return self.exp.t5_config.replace(scan_layers=False, remat=False)
+
+  def downstream_params(self):
+    """The (unscanned, float32 numpy) downstream parameters the adapters fit."""
+    if self._downstream is None:
+      from hyperflax.model import hf
+      if self._trained_downstream is not None:
+        params = self._trained_downstream
+      else:  # the same draw as train(): PRNGKey(seed) -> init_rng -> down_rng
+        init_rng = jax.random.split(jax.random.PRNGKey(self.config.seed))[0]
+        params = self.exp.load_downstream(jax.random.split(init_rng)[0])
+      if 'layers' in params['encoder']:
+        params = hf.unstack_layers(params, self.exp.t5_config)
+      self._downstream = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
+    return self._downstream
+
+  def downstream_sha256(self) -> str:
+    if self._sha256 is None:
+      init_from = self.config.model.get('init_from', '')
+      if self._trained_downstream is None and init_from:
+        self._sha256 = adapters_lib.model_dir_sha256(init_from, self.downstream_params)
+      else:
+        self._sha256 = adapters_lib.params_sha256(self.downstream_params())
+    return self._sha256
+
+
+def load_hypermodel(checkpoint: str) -> Hypermodel:
+  """Reads a training workdir: config.json, the newest checkpoint, the tokenizer."""
+  import ml_collections
+  from hyperflax.data import registry
+  from hyperflax.train import load_trainable
+  from hyperflax.training.experiment import Experiment
+  config_path = os.path.join(checkpoint, 'config.json')
+  if not os.path.exists(config_path):
+    raise FileNotFoundError(f'{checkpoint}: no config.json (not a training workdir)')
+  with open(config_path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if config.method != 'hypermodel':
+    raise ValueError(f'{checkpoint}: method={config.method!r} has no hypermodel to run; '
+                     'hypertune needs a config.method="hypermodel" workdir')
+  exp = Experiment.from_config(config)
+  step = _latest_step(checkpoint)
+  trainable = load_trainable(checkpoint)
+  d = config.data
+  # The tokenizer the training data used (the synthetic suite has its own).
+  _, ctx = registry._context(d.name, config.seed, d.num_shots, d.get('data_dir') or None,  # pylint: disable=protected-access
+                             d.get('vocab_path') or None, dict(d.get('options', {}) or {}))
+  lengths = (Lengths.make(tuple(d.lengths)) if d.get('lengths')
+             else registry.REGISTRY[d.name].lengths)
+  from hyperflax.data.converters import Converter
+  init_from = config.model.get('init_from', '')
+  if 'downstream' in trainable:
+    source = f'{os.path.abspath(checkpoint)} (downstream trained with the hypermodel, step {step})'
+  else:
+    source = os.path.abspath(init_from) if init_from else f'random init (seed {config.seed})'
+  return Hypermodel(os.path.abspath(checkpoint), step, config, exp,
+                    jax.tree.map(jnp.asarray, trainable['hyper']),
+                    Converter(ctx.tokenizer, lengths, 'hyper'), source,
+                    _trained_downstream=trainable.get('downstream'))
+
+
+def hypertune(model: Hypermodel | str, examples: Sequence[Example] | str,
+              definition: str | None = None, max_demos: int | None = None
+              ) -> adapters_lib.Adapter:
+  """Runs the hypermodel once on a task's demonstrations.
+
+  Args:
+    model: a `Hypermodel` or a training workdir.
+    examples: demonstrations (or a JSONL path).
+    definition: optional task instruction (an extra `<x>` segment, as S-NI).
+    max_demos: use at most this many (default: the config's data.num_shots).
+
+  Returns:
+    The adapter (see `hyperflax.adapters`); save it with `save_adapter`.
+  """
+  from hyperflax.data.fewshot import Episode
+  hm = load_hypermodel(model) if isinstance(model, str) else model
+  examples = read_examples(examples) if isinstance(examples, str) else list(examples)
+  limit = int(hm.config.data.num_shots if max_demos is None else max_demos)
+  demos, beyond = examples[:limit], max(0, len(examples) - limit)
+  lengths = hm.converter.lengths
+  if hm.exp.hyper_config.uses_backbone:
+    if not demos and not definition:
+      raise ValueError('hypertune needs at least one demonstration or a definition')
+    episode = Episode('hypertune', Example('', ''), tuple(demos), definition)
+    ids, used, dropped = hm.converter.hyper_ids(episode)
+    tokens = np.zeros((1, lengths.hyper), np.int32)
+    tokens[0, :len(ids)] = ids
+  else:  # shared baselines ignore their input
+    tokens, used, dropped = np.ones((1, 1), np.int32), 0, len(demos)
+  log.info('hypertune: %d demonstrations used, %d dropped to fit %d tokens, %d beyond '
+           'num_shots=%d', used, dropped, lengths.hyper, beyond, limit)
+  peft, aux = hm._generate(hm.hyper_params, jnp.asarray(tokens))  # pylint: disable=protected-access
+  hyper = hm.exp.hyper_config
+  manifest = {
+      'kind': hyper.kind,
+      'lora_rank': hyper.lora_rank if hyper.uses_lora else None,
+      'prefix_len': hyper.prefix_len if hyper.uses_prefix else None,
+      'generated_dtype': hyper.dtype,
+      'downstream': adapters_lib.downstream_identity(hm.t5_config, hm.downstream_sha256(),
+                                                     hm.downstream_source),
+      'hypermodel': {'checkpoint': hm.checkpoint, 'step': hm.step, 'method': hm.config.method,
+                     'kind': hyper.kind,
+                     'train_downstream': bool(hm.config.get('train_downstream', False))},
+      'demonstrations': {'given': len(examples), 'used': int(used),
+                         'dropped_to_fit': int(dropped), 'beyond_num_shots': beyond,
+                         'definition': bool(definition), 'stored': False},
+      'tokenizer': tokenizer_info(hm.converter.tokenizer),
+      'lengths': dataclasses.asdict(lengths),
+      'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+  }
+  return adapters_lib.from_generated(peft, aux, manifest)
+
+
+def export_downstream(hm: Hypermodel, out_dir: str) -> str:
+  """Writes the downstream T5 the adapters fit as a transformers directory."""
+  from hyperflax.model import hf
+  hf.params_to_hf(hm.downstream_params(), hm.t5_config, out_dir)
+  return out_dir
+
+
+# ---- hyper-init (HyperTuning §6) -------------------------------------------------
+
+def hyper_init_params(adapter: adapters_lib.Adapter) -> tuple[str, dict]:
+  """(shared kind, its parameters) that start PEFT tuning from `adapter`.
+
+  LoRA -> `shared_lora` (gate folded into b). HyperT5-Prefix-MLP ->
+  `shared_prefix`: the generated embeddings plus the hypermodel's Prefix-MLP
+  (read from the checkpoint named in the manifest). Plain prefixes have no
+  reparameterisation to start from and are refused.
+  """
+  from hyperflax.hyper.lora import LORA_SITES, PROJECTIONS
+  slots = adapter.slots()
+  if adapter.peft_type == 'lora' and not adapter.has_fusion:
+    params = {}
+    for stack, site in LORA_SITES:
+      for proj in PROJECTIONS:
+        key, name = f'{stack}/{site}/{proj}', f'{stack[:3]}_{site}_{proj}'
+        if f'{key}/a' not in slots:
+          raise ValueError(f'hyper-init: adapter has no {key} factors; shared_lora needs all '
+                           f'of {LORA_SITES} x {PROJECTIONS}')
+        gate = slots.get(f'{key}/gate', np.ones(slots[f'{key}/a'].shape[0], np.float32))
+        params[f'{name}_a'] = slots[f'{key}/a']
+        params[f'{name}_b'] = slots[f'{key}/b'] * gate[:, None, None]
+    return 'shared_lora', params
+  if adapter.kind == 'prefix_mlp' and 'init/embeddings' in adapter.tensors:
+    from hyperflax.hyper.shared import shared_prefix_from_hypermodel
+    from hyperflax.train import load_trainable
+    hyper = load_trainable(adapter.manifest['hypermodel']['checkpoint'])['hyper']
+    params = shared_prefix_from_hypermodel(hyper, adapter.tensors['init/embeddings'])
+    return 'shared_prefix', jax.tree.map(np.asarray, params)
+  raise ValueError(f'hyper-init: a {adapter.kind!r} adapter cannot initialise a tunable PEFT '
+                   'here (supported: LoRA kinds -> shared_lora, prefix_mlp -> shared_prefix)')
+
+
+def write_hyper_init(adapter: adapters_lib.Adapter, workdir: str) -> str:
+  """Writes `workdir/checkpoints` for `--config.hyper.init_from=workdir`."""
+  from hyperflax.training.checkpointing import Checkpointer
+  kind, params = hyper_init_params(adapter)
+  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=1, async_save=False)
+  ckpt.save(0, {'step': np.zeros((), np.int32), 'trainable': {'hyper': params}},
+            {'step': 0, 'method': 'hypermodel', 'hyper_kind': kind,
+             'hyper_init_from_adapter': adapter.manifest})
+  ckpt.close()
+  log.info('wrote %s: train with --config.hyper.kind=%s --config.hyper.init_from=%s',
+           workdir, kind, workdir)
+  return kind
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m hyperflax.hypertune', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--checkpoint', help='training workdir of a hypermodel')
+  parser.add_argument('--examples', help='few-shot JSONL ({"input", "output"} per line)')
+  parser.add_argument('--definition', default=None, help='task instruction (optional)')
+  parser.add_argument('--max-demos', type=int, default=None,
+                      help='use at most N demonstrations (default: config data.num_shots)')
+  parser.add_argument('--out', help='adapter directory to write')
+  parser.add_argument('--adapter', help='an existing adapter directory (instead of generating)')
+  parser.add_argument('--export-downstream', help='write the downstream T5 (transformers dir)')
+  parser.add_argument('--export-peft', help='write the LoRA adapter in PEFT layout')
+  parser.add_argument('--hyper-init', help='write a workdir that initialises PEFT tuning')
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  try:
+    if args.adapter:
+      adapter = adapters_lib.load_adapter(args.adapter)
+    else:
+      if not (args.checkpoint and args.examples and args.out):
+        parser.error('--checkpoint, --examples and --out are required (or give --adapter)')
+      hm = load_hypermodel(args.checkpoint)
+      adapter = hypertune(hm, args.examples, args.definition, args.max_demos)
+      adapters_lib.save_adapter(adapter, args.out)
+      demos = adapter.manifest['demonstrations']
+      print(f'wrote {args.out} ({adapter.kind}; {demos["used"]} demonstrations used, '
+            f'{demos["dropped_to_fit"] + demos["beyond_num_shots"]} dropped)')
+      if args.export_downstream:
+        print(f'wrote {export_downstream(hm, args.export_downstream)} (transformers T5)')
+    if args.export_peft:
+      adapters_lib.export_peft(adapter, args.export_peft)
+      print(f'wrote {args.export_peft} (PEFT LoRA)')
+    if args.hyper_init:
+      print(f'wrote {args.hyper_init} ({write_hyper_init(adapter, args.hyper_init)} init)')
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

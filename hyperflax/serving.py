@@ -1,0 +1,337 @@
+"""Serving generated adapters: a task is one adapter, a batch may mix many tasks.
+
+  from hyperflax import serving
+  adapter = serving.hypertune('runs/hypert5_lora', 'task.jsonl', out='adapters/task')
+  rows = serving.predict('models/t5', 'adapters/task', ['query one', 'query two'])
+  rows = serving.predict('models/t5', ['adapters/a', 'adapters/b'],      # one per row
+                         [{'input': 'q1'}, {'input': 'q2', 'options': ['yes', 'no']}],
+                         method='beam', num_beams=4)
+
+`Server` holds one downstream T5 and any number of adapters (each checked
+against the model's parameter hash). Every row of a batch carries its own
+adapter: rows whose adapters have the same shapes run in one compiled step
+(`greedy_decode`, `beam_search` or teacher-forced scoring); batches are padded
+to power-of-two sizes and fixed lengths, so compiled functions are reused
+across calls. `hypertune` / `predict` keep loaded hypermodels and servers in
+module caches keyed by path, so repeated calls stay warm.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperflax import adapters as adapters_lib
+from hyperflax.model.beam_search import beam_search
+from hyperflax.model.config import T5Config
+from hyperflax.model import peft as peft_lib
+from hyperflax.model.decoding import greedy_decode
+from hyperflax.model.transformer import T5
+
+log = logging.getLogger('hyperflax.serving')
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def teacher_forced_logits(config: T5Config, params, encoder_inputs, decoder_inputs, peft=None,
+                          fusion_states=None, fusion_mask=None):
+  """[B, T, vocab] float32 logits of `decoder_inputs` (shifted targets)."""
+  return T5(config).apply({'params': params}, encoder_inputs, decoder_inputs, peft=peft,
+                          fusion_states=fusion_states,
+                          fusion_mask=fusion_mask).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=('config',))
+def target_log_likelihood(config: T5Config, params, encoder_inputs, decoder_inputs, targets,
+                          weights, peft=None, fusion_states=None, fusion_mask=None):
+  """[B] summed log-likelihood of `targets` (rank classification, T0's rule)."""
+  logits = teacher_forced_logits(config, params, encoder_inputs, decoder_inputs, peft,
+                                 fusion_states, fusion_mask)
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  token = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return jnp.sum(token * weights, axis=-1)
+
+
+def tokenizer_from(info: dict, override: str | None = None):
+  """The tokenizer a manifest names (or `override`: 'words' or an spiece.model path)."""
+  from hyperflax.data import synthetic, vocab
+  if override:
+    return synthetic.word_tokenizer() if override == 'words' else vocab.load_vocabulary(override)
+  if info['kind'] == 'words':
+    return synthetic.word_tokenizer()
+  if not info.get('path') or not os.path.exists(info['path']):
+    raise FileNotFoundError(f'the adapter was made with the SentencePiece model {info.get("path")}'
+                            ', which is not here: pass its copy as the vocabulary (--vocab)')
+  return vocab.load_vocabulary(info['path'])
+
+
+class Server:
+  """One downstream T5 plus registered adapters; see the module docstring.
+
+  Args:
+    model_dir: transformers T5 directory or `hyperflax.convert` output.
+    config / params: an in-memory model instead of `model_dir`.
+    dtype: compute dtype ('float32' or 'bfloat16').
+    vocab: tokenizer override ('words' or an spiece.model path); by default
+      the tokenizer recorded in the first adapter's manifest.
+    lengths: (encoder, decoder) token lengths; default from the adapters.
+    batch_size: most rows per compiled step.
+  """
+
+  def __init__(self, model_dir: str | None = None, *, config: T5Config | None = None,
+               params=None, dtype: str = 'float32', vocab: str | None = None,
+               lengths: tuple[int, int] | None = None, batch_size: int = 32):
+    from hyperflax.pretrained import load_pretrained
+    if model_dir:
+      model, params = load_pretrained(model_dir, dropout_rate=0.0, dtype=dtype)
+      config = model.config
+      self.where = f'--model {model_dir}'
+      self.sha256 = adapters_lib.model_dir_sha256(model_dir, params, config)
+    else:
+      config = config.replace(dropout_rate=0.0, dtype=dtype, scan_layers=False)
+      self.where = 'the in-memory model'
+      self.sha256 = adapters_lib.params_sha256(params, config)
+    self.config, self.batch_size = config, batch_size
+    self.params = jax.tree.map(jnp.asarray, params)
+    self.adapters: dict[str, adapters_lib.Adapter] = {}
+    self.tokenizer = tokenizer_from({}, vocab) if vocab else None
+    self._vocab_key = ('override', vocab) if vocab else None
+    self.lengths = lengths
+    self._converter = None
+
+  # ---- adapters and tokens ---------------------------------------------------
+
+  def add_adapter(self, name: str, adapter: adapters_lib.Adapter | str) -> adapters_lib.Adapter:
+    """Registers an adapter (a directory or an `Adapter`) after checking it fits."""
+    if isinstance(adapter, str):
+      adapter = adapters_lib.load_adapter(adapter)
+    adapters_lib.check_downstream(adapter, self.config, self.sha256, self.where,
+                                  name=f'adapter {name!r}')
+    info = adapter.manifest.get('tokenizer')
+    if info and self._vocab_key is None:
+      self.tokenizer, self._vocab_key = tokenizer_from(info), (info['kind'], info.get('sha256'))
+    elif info and self._vocab_key[0] != 'override' and self._vocab_key != (
+        info['kind'], info.get('sha256')):
+      raise ValueError(f'adapter {name!r} was made with tokenizer {info}, the server already '
+                       f'serves {self._vocab_key}: serve them separately')
+    lengths = adapter.manifest.get('lengths')
+    if lengths and self.lengths is None:
+      self.lengths = (lengths['encoder'], lengths['decoder'])
+    elif lengths and tuple(self.lengths) != (lengths['encoder'], lengths['decoder']):
+      log.warning('adapter %r used lengths %s; serving with %s', name, lengths, self.lengths)
+    self.adapters[name] = adapter
+    self._converter = None
+    return adapter
+
+  @property
+  def converter(self):
+    """Formats queries and targets exactly as training's 'hyper' mode does."""
+    from hyperflax.data.converters import Converter
+    from hyperflax.data.examples import Lengths
+    if self.tokenizer is None or self.lengths is None:
+      raise ValueError('no tokenizer/lengths yet: add an adapter or pass vocab= and lengths=')
+    if self._converter is None:
+      self._converter = Converter(self.tokenizer, Lengths(1, *self.lengths), 'hyper')
+    return self._converter
+
+  def _episode(self, text: str):
+    from hyperflax.data.examples import Example
+    from hyperflax.data.fewshot import Episode
+    return Episode('predict', Example(text, ''), ())
+
+  def encode(self, texts: Sequence[str]) -> np.ndarray:
+    """[N, encoder_length] query tokens (query + EOS, truncated as in training)."""
+    out = np.zeros((len(texts), self.lengths[0]), np.int32)
+    for i, text in enumerate(texts):
+      ids = self.converter.query_ids(self._episode(text))
+      out[i, :len(ids)] = ids
+    return out
+
+  def decode(self, ids) -> str:
+    ids = [int(i) for i in ids]
+    ids = ids[:ids.index(1)] if 1 in ids else ids
+    return self.tokenizer.decode([i for i in ids if i > 1])
+
+  # ---- batching ----------------------------------------------------------------
+
+  def _names(self, adapters, n: int) -> list[str | None]:
+    names = list(adapters) if isinstance(adapters, (list, tuple)) else [adapters] * n
+    if len(names) != n:
+      raise ValueError(f'{len(names)} adapters for {n} rows')
+    unknown = sorted({x for x in names if x is not None and x not in self.adapters})
+    if unknown:
+      raise KeyError(f'unknown adapter(s) {unknown}; registered: {sorted(self.adapters)}')
+    return names
+
+  def _steps(self, names: list[str | None]):
+    """Yields (row indices, padded size, peft, fusion states, fusion mask) per step."""
+    groups: dict[Any, list[int]] = {}
+    for i, name in enumerate(names):
+      sig = None if name is None else self.adapters[name].signature()
+      groups.setdefault(sig, []).append(i)
+    for sig, rows in groups.items():
+      for start in range(0, len(rows), self.batch_size):
+        chunk = rows[start:start + self.batch_size]
+        size = min(self.batch_size, 1 << (len(chunk) - 1).bit_length())
+        padded = chunk + [chunk[0]] * (size - len(chunk))  # pad with copies: dropped later
+        if sig is None:
+          yield chunk, padded, None, None, None
+          continue
+        chosen = [self.adapters[names[i]] for i in padded]
+        peft = peft_lib.unflatten({
+            k: jnp.asarray(np.stack([a.slots()[k] for a in chosen])) for k in chosen[0].slots()})
+        states = mask = None
+        if chosen[0].has_fusion:
+          states = jnp.asarray(np.stack([a.tensors['fusion/states'] for a in chosen]))
+          mask = jnp.asarray(np.stack([a.tensors['fusion/mask'] for a in chosen]).astype(bool))
+        yield chunk, padded, peft, states, mask
+
+  # ---- predictions ---------------------------------------------------------------
+
+  def generate(self, texts: Sequence[str], adapters=None, *, method: str = 'greedy',
+               num_beams: int = 4, length_penalty: float = 1.0,
+               early_stopping: bool | str = False,
+               max_new_tokens: int | None = None) -> list[dict]:
+    """Greedy or beam generation; `adapters` is one name, None, or one per row.
+
+    Returns:
+      Per row {'text', 'tokens'} (+ 'score' for beam search).
+    """
+    if method not in ('greedy', 'beam'):
+      raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+    names = self._names(adapters, len(texts))
+    tokens = self.encode(texts)
+    steps = max_new_tokens or self.lengths[1]
+    out: list[dict] = [{} for _ in texts]
+    for rows, padded, peft, states, mask in self._steps(names):
+      enc = jnp.asarray(tokens[padded])
+      if method == 'greedy':
+        result, scores = greedy_decode(self.config, self.params, enc, steps, peft=peft,
+                                       fusion_states=states, fusion_mask=mask), None
+      else:
+        result, scores = beam_search(self.config, self.params, enc, steps, num_beams=num_beams,
+                                     length_penalty=float(length_penalty),
+                                     early_stopping=early_stopping, peft=peft,
+                                     fusion_states=states, fusion_mask=mask)
+      result = np.asarray(result)
+      for j, i in enumerate(rows):
+        out[i] = {'text': self.decode(result[j]), 'tokens': result[j].tolist()}
+        if scores is not None:
+          out[i]['score'] = float(np.asarray(scores)[j])
+    return out
+
+  def _target_batch(self, texts, targets):
+    from hyperflax.data.converters import pad_to
+    enc = self.encode(texts)
+    tgt = np.stack([pad_to(self.converter.target_ids(self._episode(''), t), self.lengths[1])
+                    for t in targets]).astype(np.int32)
+    dec = np.concatenate([np.zeros((len(targets), 1), np.int32), tgt[:, :-1]], axis=1)
+    return enc, dec, tgt
+
+  def logits(self, texts: Sequence[str], targets: Sequence[str], adapters=None) -> np.ndarray:
+    """[N, decoder_length, vocab] teacher-forced logits of `targets` (+ EOS)."""
+    names = self._names(adapters, len(texts))
+    enc, dec, _ = self._target_batch(texts, targets)
+    out = np.zeros(dec.shape + (self.config.vocab_size,), np.float32)
+    for rows, padded, peft, states, mask in self._steps(names):
+      got = teacher_forced_logits(self.config, self.params, jnp.asarray(enc[padded]),
+                                  jnp.asarray(dec[padded]), peft, states, mask)
+      out[rows] = np.asarray(got)[:len(rows)]
+    return out
+
+  def score(self, texts: Sequence[str], options: Sequence[Sequence[str]], adapters=None
+            ) -> list[dict]:
+    """Rank classification: per row {'scores': summed log-likelihood per option,
+    'best': argmax index, 'text': best option}."""
+    names = self._names(adapters, len(texts))
+    flat = [(i, o) for i, opts in enumerate(options) for o in opts]
+    if any(not opts for opts in options):
+      raise ValueError('every scored row needs at least one option')
+    enc, dec, tgt = self._target_batch([texts[i] for i, _ in flat], [o for _, o in flat])
+    weights = (tgt != 0).astype(np.float32)
+    values = np.zeros(len(flat), np.float32)
+    for rows, padded, peft, states, mask in self._steps([names[i] for i, _ in flat]):
+      got = target_log_likelihood(self.config, self.params, jnp.asarray(enc[padded]),
+                                  jnp.asarray(dec[padded]), jnp.asarray(tgt[padded]),
+                                  jnp.asarray(weights[padded]), peft, states, mask)
+      values[rows] = np.asarray(got)[:len(rows)]
+    out, k = [], 0
+    for opts in options:
+      scores = values[k:k + len(opts)].tolist()
+      k += len(opts)
+      best = int(np.argmax(scores))
+      out.append({'scores': scores, 'best': best, 'text': opts[best]})
+    return out
+
+
+# ---- the small API: warm across calls ----------------------------------------------
+
+_SERVERS: dict[tuple, Server] = {}
+_HYPERMODELS: dict[str, Any] = {}
+
+
+def get_server(model_dir: str, dtype: str = 'float32', vocab: str | None = None) -> Server:
+  key = (os.path.abspath(model_dir), dtype, vocab)
+  if key not in _SERVERS:
+    _SERVERS[key] = Server(model_dir, dtype=dtype, vocab=vocab)
+  return _SERVERS[key]
+
+
+def hypertune(checkpoint: str, examples, definition: str | None = None,
+              out: str | None = None, max_demos: int | None = None) -> adapters_lib.Adapter:
+  """One hypermodel pass (the loaded hypermodel is cached); saves to `out` if given."""
+  from hyperflax import hypertune as hypertune_lib
+  key = os.path.abspath(checkpoint)
+  if key not in _HYPERMODELS:
+    _HYPERMODELS[key] = hypertune_lib.load_hypermodel(checkpoint)
+  adapter = hypertune_lib.hypertune(_HYPERMODELS[key], examples, definition, max_demos)
+  if out:
+    adapters_lib.save_adapter(adapter, out)
+  return adapter
+
+
+def predict(model: str | Server, adapter, queries: Sequence[str | dict], **generate_kwargs
+            ) -> list[dict]:
+  """Predictions for `queries` (strings, or dicts with 'input' and optional 'options').
+
+  Args:
+    model: a model directory (server cached) or a `Server`.
+    adapter: an adapter directory or `Adapter` for every row, a list with one
+      per row (mixed-task batch), or None (zero-shot, needs the server's vocab).
+    queries: rows with options are rank-scored, the others generated.
+    **generate_kwargs: `Server.generate` options (method, num_beams, ...).
+
+  Returns:
+    Per query {'input', 'adapter', 'prediction', ...} ('scores' for options).
+  """
+  server = model if isinstance(model, Server) else get_server(model)
+  rows = [{'input': q} if isinstance(q, str) else dict(q) for q in queries]
+  per_row = adapter if isinstance(adapter, (list, tuple)) else [adapter] * len(rows)
+  names = []
+  for a in per_row:
+    if a is None or (isinstance(a, str) and a in server.adapters):
+      names.append(a)
+      continue
+    name = os.path.abspath(a) if isinstance(a, str) else f'adapter-{id(a)}'
+    if name not in server.adapters:
+      server.add_adapter(name, a)
+    names.append(name)
+  out: list[dict] = [{} for _ in rows]
+  scored = [i for i, r in enumerate(rows) if r.get('options')]
+  generated = [i for i, r in enumerate(rows) if not r.get('options')]
+  if scored:
+    res = server.score([rows[i]['input'] for i in scored], [rows[i]['options'] for i in scored],
+                       [names[i] for i in scored])
+    for i, r in zip(scored, res):
+      out[i] = {'prediction': r['text'], 'scores': r['scores']}
+  if generated:
+    res = server.generate([rows[i]['input'] for i in generated], [names[i] for i in generated],
+                          **generate_kwargs)
+    for i, r in zip(generated, res):
+      out[i] = {'prediction': r['text'], **{k: v for k, v in r.items() if k != 'text'}}
+  return [{'input': r['input'], 'adapter': n, **o} for r, n, o in zip(rows, names, out)]
