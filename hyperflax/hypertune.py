@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -86,6 +87,15 @@ def tokenizer_info(tokenizer) -> dict[str, Any]:
   return {'kind': 'sentencepiece', 'path': os.path.abspath(tokenizer.path), 'sha256': digest}
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_generator(hyper_config, t5_config):
+  """One jitted generator per architecture: reloading a checkpoint stays warm."""
+  from hyperflax.hyper import build_hypermodel
+  module = build_hypermodel(hyper_config, t5_config)
+  return jax.jit(lambda params, tokens: module.apply({'params': params}, tokens,
+                                                     deterministic=True))
+
+
 @dataclasses.dataclass
 class Hypermodel:
   """A trained generator, loaded once; its forward pass is compiled once.
@@ -111,7 +121,7 @@ class Hypermodel:
   _sha256: str | None = None
 
   def __post_init__(self):
-    self._generate = jax.jit(lambda params, tokens: self.exp.generate_peft(params, tokens))
+    self._generate = _compiled_generator(self.exp.hyper_config, self.exp.hyper_t5_config)
 
   @property
   def t5_config(self):
@@ -298,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--export-peft', help='write the LoRA adapter in PEFT layout')
   parser.add_argument('--hyper-init', help='write a workdir that initialises PEFT tuning')
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format='%(message)s')
+  logging.basicConfig(level=logging.WARNING, format='%(message)s')
+  logging.getLogger('hyperflax').setLevel(logging.INFO)  # ours, not orbax's chatter
   try:
     if args.adapter:
       adapter = adapters_lib.load_adapter(args.adapter)

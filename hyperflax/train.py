@@ -105,16 +105,20 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   reporter = reporting.Reporter(workdir, num_steps, start,
                                 tensorboard=config.train.get('tensorboard', True))
   preemption = _Preemption()
-  metrics = {}
+  metrics, tokens = {}, 0
   try:
     stream = train_stream(config, exp, start)
     for step in range(start, num_steps):
-      batch = jax.tree.map(jnp.asarray, next(stream))
-      state, metrics = step_fn(state, frozen, batch)
+      host_batch = next(stream)
+      # Non-padding tokens read or predicted (hypermodel + downstream), for tokens/s.
+      tokens += sum(int(np.count_nonzero(host_batch[k])) for k in
+                    ('hyper_inputs', 'encoder_inputs', 'targets') if k in host_batch)
+      state, metrics = step_fn(state, frozen, jax.tree.map(jnp.asarray, host_batch))
       done = step + 1
       if done % config.train.log_every == 0 or done == num_steps:
         m = jax.device_get(metrics)
-        reporter.write(done, {k: v for k, v in m.items() if k != 'tokens'}, float(m['tokens']))
+        reporter.write(done, {k: v for k, v in m.items() if k != 'tokens'}, tokens)
+        tokens = 0
       if done % config.train.checkpoint_every == 0 or done == num_steps or preemption.requested:
         ckpt.save(done, state, _meta(config, done))
       if preemption.requested:

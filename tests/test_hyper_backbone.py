@@ -1,6 +1,5 @@
 """The hypermodel backbone starts from T5 weights: copy, truncation, layouts, errors."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,25 +10,17 @@ from hf_fixtures import TINY, build_torch_t5, random_tokens, save_torch_t5
 from hyperflax import load_pretrained
 from hyperflax.hyper import HyperConfig, init_hypermodel
 from hyperflax.hyper.backbone import Backbone
-from hyperflax.model import T5, preset
+from hyperflax.hyper.testing import FAST_COMPILE, random_t5_params
+from hyperflax.model import preset
 
-FAST = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 T5C = preset('tiny', vocab_size=512, d_kv=8, num_layers=2, num_decoder_layers=3,
              dropout_rate=0.0)
-
-
-def _random_t5_params(config, seed=0):
-  tokens = jnp.ones((1, 4), jnp.int32)
-  shapes = nn.unbox(jax.eval_shape(
-      lambda: T5(config).init(jax.random.key(0), tokens, tokens))['params'])
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
 
 
 @pytest.mark.parametrize('scan_layers', [False, True], ids=['loop', 'scanned'])
 def test_backbone_is_t5_embedding_encoder_and_first_decoder_layers(scan_layers):
   config = T5C.replace(scan_layers=scan_layers)
-  t5_params = _random_t5_params(config)
+  t5_params = random_t5_params(config)
   hyper = HyperConfig(kind='lora', lora_rank=2, decoder_layers=2)
   params = init_hypermodel(hyper, config, jax.random.key(0, impl='rbg'), t5_params=t5_params)
   backbone = params['backbone']
@@ -61,7 +52,7 @@ def test_backbone_encoder_matches_transformers(tmp_path):
   tokens = random_tokens(np.random.default_rng(0), 2, 11, TINY['vocab_size'], pad_from=[11, 6])
   backbone = Backbone(hyper.backbone_config(model.config), 2 * hyper.prefix_len)
   encode = jax.jit(lambda p, t: backbone.apply({'params': p}, t, method=Backbone.encode),
-                   compiler_options=FAST)
+                   compiler_options=FAST_COMPILE)
   encoded, mask = encode(params['backbone'], jnp.asarray(tokens))
   with torch.no_grad():
     expected = ref.encoder(input_ids=torch.tensor(tokens, dtype=torch.long),
@@ -72,7 +63,7 @@ def test_backbone_encoder_matches_transformers(tmp_path):
 
 
 def test_copy_errors_and_shared_kinds():
-  t5_params = _random_t5_params(T5C)
+  t5_params = random_t5_params(T5C)
   key = jax.random.key(0, impl='rbg')
   with pytest.raises(ValueError, match='only 3 decoder layers'):
     init_hypermodel(HyperConfig(kind='prefix', prefix_len=2, decoder_layers=4), T5C, key,
@@ -80,7 +71,7 @@ def test_copy_errors_and_shared_kinds():
   with pytest.raises(ValueError, match='layer layout'):
     init_hypermodel(HyperConfig(kind='prefix', prefix_len=2, decoder_layers=1),
                     T5C.replace(scan_layers=True), key, t5_params)
-  wrong = _random_t5_params(T5C.replace(d_ff=96))
+  wrong = random_t5_params(T5C.replace(d_ff=96))
   with pytest.raises(ValueError, match='wi_0'):
     init_hypermodel(HyperConfig(kind='prefix', prefix_len=2, decoder_layers=1), T5C, key,
                     wrong)

@@ -10,13 +10,13 @@ import pytest
 
 from hyperflax.hyper import HyperConfig, build_hypermodel, consistency_loss, init_hypermodel
 from hyperflax.hyper.backbone import Backbone
+from hyperflax.hyper.testing import FAST_COMPILE
 from hyperflax.model import preset
 from hyperflax.model.transformer import Decoder
 
 # 4 encoder and 3 decoder layers: 4 steps, the decoder ignores the last one.
 T5C = preset('tiny', vocab_size=512, d_kv=8, num_layers=4, num_decoder_layers=3,
              dropout_rate=0.0)
-FAST = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 STEPS = 4
 
 
@@ -45,7 +45,7 @@ def test_perturbing_step_l_changes_only_layers_generated_at_or_after_l(order):
       list(range(STEPS)), list(range(STEPS))[::-1])  # a genuinely different order
   model = build_hypermodel(hyper, T5C)
   apply = jax.jit(lambda p, x, off: model.apply({'params': p}, x, state_offsets=off),
-                  compiler_options=FAST)
+                  compiler_options=FAST_COMPILE)
   params, tokens = _params(), _tokens()
   zero = jnp.zeros((2, STEPS, 2, T5C.d_model))
   base_peft, base_aux = apply(params, tokens, zero)
@@ -86,7 +86,7 @@ def test_cached_steps_match_an_uncached_causal_decoder():
                             method=Backbone.decode_autoregressive)  # [B, S, 1, D]
     return encoded, mask, states[:, :, 0]
 
-  @functools.partial(jax.jit, compiler_options=FAST)
+  @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
   def teacher_forced(p, t):
     encoded, mask, states = generate(p, t)
     z = jnp.broadcast_to(p['decoder_inputs'][None], (2, 1, cfg.d_model))
@@ -124,7 +124,7 @@ def test_dropout_is_driven_by_the_rng_only():
   params, tokens = _params(), _tokens()
   run = jax.jit(lambda key: model.apply({'params': params}, tokens, deterministic=False,
                                         rngs={'dropout': key})[1]['states'],
-                compiler_options=FAST)
+                compiler_options=FAST_COMPILE)
   a, b, a_again = run(jax.random.key(0)), run(jax.random.key(1)), run(jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(a_again))
   assert not np.allclose(np.asarray(a), np.asarray(b))

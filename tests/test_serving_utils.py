@@ -30,8 +30,13 @@ def make_model_dir(path: str, seed: int = 0, **overrides):
 
 
 def make_workdir(path: str, model_dir: str, kind: str, *, seed: int = 0, step: int = 5,
-                 train_downstream: bool = False, **hyper) -> str:
-  """A hypermodel training workdir at `step` (no training: random heads)."""
+                 train_downstream: bool = False, hyper_from: str | None = None,
+                 **hyper) -> str:
+  """A hypermodel training workdir at `step` (no training: random heads).
+
+  `hyper_from` reuses another workdir's generator instead of initialising one
+  (initialisation compiles; the HyperT5+ case only needs a trained T5 next to it).
+  """
   import flax
   from hyperflax.config_base import base_config, tiny
   from hyperflax.training.checkpointing import Checkpointer
@@ -42,10 +47,17 @@ def make_workdir(path: str, model_dir: str, kind: str, *, seed: int = 0, step: i
   config.hyper.kind = kind
   config.train_downstream = train_downstream
   config.data.lengths = LENGTHS
+  config.data.num_shots = 16  # 16 demonstrations do not fit in 64 tokens: some are dropped
   for key, value in hyper.items():
     config.hyper[key] = value
-  exp = Experiment.from_config(config)
-  trainable, _ = exp.init(jax.random.PRNGKey(seed))
+  if hyper_from:
+    from hyperflax.pretrained import load_pretrained
+    from hyperflax.train import load_trainable
+    trainable = {'hyper': load_trainable(hyper_from)['hyper']}
+    if train_downstream:
+      trainable['downstream'] = load_pretrained(model_dir)[1]
+  else:
+    trainable, _ = Experiment.from_config(config).init(jax.random.PRNGKey(seed))
   rng = np.random.default_rng(seed)
   flat = flax.traverse_util.flatten_dict(jax.tree.map(np.asarray, trainable['hyper']))
   for key in flat:
@@ -96,3 +108,38 @@ def torch_inputs(server, texts, targets=None):
 def until_eos(row) -> list[int]:
   row = [int(x) for x in row]
   return row[:row.index(1) + 1] if 1 in row else row
+
+
+_ENV: dict = {}
+
+
+def shared_env(tmp_path_factory) -> dict:
+  """Built once per test process: a model dir, a LoRA and a prefix hypermodel
+  workdir, three synthetic tasks and each task's LoRA adapter + PEFT export."""
+  if _ENV:
+    return _ENV
+  from hyperflax import adapters as adapters_lib
+  from hyperflax import hypertune, serving
+  root = str(tmp_path_factory.mktemp('serving'))
+  model_dir = os.path.join(root, 'model')
+  make_model_dir(model_dir)
+  lora = make_workdir(os.path.join(root, 'wd_lora'), model_dir, 'lora')
+  tasks = synthetic_tasks(3)
+  adapters, pefts = [], []
+  for i, task in enumerate(tasks):
+    examples = write_examples(os.path.join(root, f'task{i}.jsonl'), task)
+    out, peft_dir = os.path.join(root, f'lora{i}'), os.path.join(root, f'peft{i}')
+    if i == 0:  # the CLI once; then the warm API (the hypermodel stays loaded)
+      assert hypertune.main(['--checkpoint', lora, '--examples', examples, '--out', out,
+                             '--export-peft', peft_dir]) == 0
+    else:
+      adapters_lib.export_peft(serving.hypertune(lora, examples, out=out), peft_dir)
+    adapters.append(out)
+    pefts.append(peft_dir)
+  # Batches of 4 rows everywhere: tests share compiled shapes.
+  server = serving.Server(model_dir, batch_size=4)
+  for i, out in enumerate(adapters):
+    server.add_adapter(f'lora{i}', out)
+  _ENV.update(root=root, model_dir=model_dir, lora_workdir=lora, server=server,
+              tasks=tasks, adapters=adapters, pefts=pefts)
+  return _ENV

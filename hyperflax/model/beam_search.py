@@ -46,8 +46,9 @@ def _reorder_cache(cache, flat_index: Array, scanned: bool):
       lambda c: c if c.ndim <= axis else jnp.take(c, flat_index, axis=axis), cache)
 
 
-@functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'num_beams',
-                                             'length_penalty', 'early_stopping'))
+_STOP_MODES = {False: 0, True: 1, 'never': 2}
+
+
 def beam_search(config: T5Config, params, encoder_input_tokens: Array,
                 max_decode_length: int, num_beams: int = 4, length_penalty: float = 1.0,
                 early_stopping: bool | str = False, peft=None,
@@ -72,8 +73,18 @@ def beam_search(config: T5Config, params, encoder_input_tokens: Array,
     (tokens, scores): [batch, max_decode_length] best hypothesis per row
     (without the start token; 0 after its EOS) and [batch] its score.
   """
-  if early_stopping not in (False, True, 'never'):
+  if not (isinstance(early_stopping, bool) or early_stopping == 'never'):
     raise ValueError(f"early_stopping must be False, True or 'never', got {early_stopping!r}")
+  # Length penalty and stopping rule are traced: one compiled search serves all.
+  return _beam_search(config, params, encoder_input_tokens, max_decode_length, num_beams,
+                      jnp.float32(length_penalty), jnp.int32(_STOP_MODES[early_stopping]),
+                      peft, fusion_states, fusion_mask)
+
+
+@functools.partial(jax.jit, static_argnames=('config', 'max_decode_length', 'num_beams'))
+def _beam_search(config, params, encoder_input_tokens, max_decode_length, num_beams,
+                 length_penalty, stop_mode, peft, fusion_states, fusion_mask):
+  stop_when_full, never = stop_mode == 1, stop_mode == 2
   model = T5(config, decode=True)
   batch, beams, steps = encoder_input_tokens.shape[0], num_beams, max_decode_length
   keep = 2 * beams  # one EOS id: transformers keeps max(2, 1 + n_eos) * K candidates
@@ -106,8 +117,8 @@ def beam_search(config: T5Config, params, encoder_input_tokens: Array,
 
     # Finished hypotheses: merge this step's top-K stops into the best K so far.
     just = hits & top_beam_mask[None]
-    done_lp = top_lp / ((t + 1).astype(jnp.float32) ** length_penalty)
-    full = jnp.all(finished, axis=-1, keepdims=True) & (early_stopping is True)
+    done_lp = top_lp / (t + 1).astype(jnp.float32) ** length_penalty
+    full = jnp.all(finished, axis=-1, keepdims=True) & stop_when_full
     done_lp = done_lp + full.astype(jnp.float32) * _NEG
     done_lp = done_lp + (~improvable).astype(jnp.float32) * _NEG
     done_lp = done_lp + (~just).astype(jnp.float32) * _NEG
@@ -122,14 +133,12 @@ def beam_search(config: T5Config, params, encoder_input_tokens: Array,
     last = run_seq[:, :, t].reshape(-1)
     t = t + 1
     # `_check_early_stop_heuristic`, with lengths counted without the start token.
-    if early_stopping == 'never' and length_penalty > 0.0:
-      best_length = jnp.float32(steps)
-    else:
-      best_length = t.astype(jnp.float32)
+    best_length = jnp.where(never & (length_penalty > 0.0), jnp.float32(steps),
+                            t.astype(jnp.float32))
     best_running = run_scores[:, :1] / best_length ** length_penalty
     worst_done = jnp.where(finished, jnp.min(scores, axis=1, keepdims=True), _NEG)
     improvable = improvable & jnp.any(best_running > worst_done, axis=-1, keepdims=True)
-    go_on = (jnp.any(improvable) & ~(jnp.all(finished) & (early_stopping is True))
+    go_on = (jnp.any(improvable) & ~(jnp.all(finished) & stop_when_full)
              & ~jnp.all(hits))
     return (t, cache, last, run_seq, run_scores, seqs, scores, finished, improvable, go_on)
 

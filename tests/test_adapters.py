@@ -1,0 +1,204 @@
+"""Adapters on disk: manifest, PEFT export/import against `peft` + transformers,
+downstream identity, HyperT5+ downstream export, hyper-init."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from test_serving_utils import (MODEL, make_model_dir, make_workdir, shared_env, torch_inputs,
+                                until_eos, write_examples)
+from hyperflax import adapters as adapters_lib
+from hyperflax import hypertune, predict, serving
+from hyperflax.pretrained import load_pretrained
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  return shared_env(tmp_path_factory)
+
+
+def _torch_models(model_dir, peft_dir):
+  from peft import PeftModel
+  from transformers import T5ForConditionalGeneration
+  base = T5ForConditionalGeneration.from_pretrained(model_dir).eval()
+  return PeftModel.from_pretrained(base, peft_dir).eval()
+
+
+def _torch_logits(model, inputs):
+  with torch.no_grad():
+    return model(**inputs).logits.numpy()
+
+
+def test_manifest_records_what_and_for_which_model(env):
+  adapter_dir, task = env['adapters'][0], env['tasks'][0]
+  with open(os.path.join(adapter_dir, 'manifest.json')) as f:
+    manifest = json.load(f)
+  assert (manifest['kind'], manifest['peft_type'], manifest['lora_rank']) == ('lora', 'lora', 2)
+  assert manifest['fusion'] is None
+  shapes = {k: tuple(v['shape']) for k, v in manifest['tensors'].items()}
+  d, inner, enc_layers, dec_layers = (MODEL['d_model'], MODEL['num_heads'] * MODEL['d_kv'],
+                                      MODEL['num_layers'], MODEL['num_decoder_layers'])
+  assert shapes['encoder/self/query/a'] == (enc_layers, d, 2)
+  assert shapes['decoder/cross/value/b'] == (dec_layers, 2, inner)
+  assert shapes['decoder/self/value/gate'] == (dec_layers,)
+  assert len(shapes) == 3 * 2 * 3  # 3 sites x (q, v) x (a, b, gate)
+  demos = manifest['demonstrations']
+  assert demos['given'] == 16 and demos['used'] + demos['dropped_to_fit'] == 16
+  assert demos['used'] > 0 and demos['dropped_to_fit'] > 0  # 64 tokens hold only a few
+  assert demos['stored'] is False
+  _, params = load_pretrained(env['model_dir'])
+  assert manifest['downstream']['params_sha256'] == adapters_lib.params_sha256(params)
+  with open(os.path.join(env['model_dir'], 'config.json')) as f:
+    hf_config = json.load(f)
+  for key in ('d_model', 'd_ff', 'num_layers', 'num_decoder_layers', 'vocab_size'):
+    assert manifest['downstream']['config'][key] == hf_config[key]
+  assert manifest['hypermodel']['step'] == 5
+  assert manifest['hypermodel']['checkpoint'] == os.path.abspath(env['lora_workdir'])
+  # The demonstrations themselves are nowhere in the adapter directory.
+  blobs = b''.join(open(os.path.join(adapter_dir, n), 'rb').read()
+                   for n in os.listdir(adapter_dir))
+  assert not any(demo.input.encode() in blobs for demo in task.demos)
+
+
+def test_peft_export_loads_in_torch_and_matches_predict(env):
+  """PEFT + transformers give our greedy/beam generations, logits and scores."""
+  model_dir, task = env['model_dir'], env['tasks'][0]
+  server = env['server']
+  ref = _torch_models(model_dir, env['pefts'][0])
+  texts = [q.input for q in task.queries]
+  targets = [q.target for q in task.queries]
+  inputs, target_ids = torch_inputs(server, texts, targets)
+  ours = server.logits(texts, targets, 'lora0')
+  theirs = _torch_logits(ref, inputs)
+  np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
+  with ref.disable_adapter():
+    plain = _torch_logits(ref, inputs)
+  assert np.abs(theirs - plain).max() > 1e-3  # the adapter is not a no-op
+  # Rank scores: summed target log-likelihood from torch's logits.
+  logp = torch.log_softmax(torch.tensor(theirs), -1).numpy()
+  token = np.take_along_axis(logp, target_ids[..., None], -1)[..., 0]
+  want = (token * (target_ids > 0)).sum(-1)
+  got = [r['scores'][q.options.index(q.target)]
+         for r, q in zip(server.score(texts, [q.options for q in task.queries], 'lora0'),
+                         task.queries)]
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  steps = server.lengths[1]
+  gen_inputs = torch_inputs(server, texts)
+  for kwargs in ({'num_beams': 1}, {'num_beams': 3}):
+    with torch.no_grad():
+      expected = ref.generate(**gen_inputs, max_new_tokens=steps, do_sample=False,
+                              **kwargs).numpy()[:, 1:]
+    method = 'greedy' if kwargs['num_beams'] == 1 else 'beam'
+    rows = server.generate(texts, 'lora0', method=method, num_beams=kwargs['num_beams'])
+    for row, want_row in zip(rows, expected):
+      assert until_eos(row['tokens']) == until_eos(want_row)
+
+
+def test_import_of_a_peft_library_adapter(env, tmp_path):
+  """A LoRA trained with `peft` (per-module alpha) serves with the same logits."""
+  from peft import LoraConfig, get_peft_model
+  from transformers import T5ForConditionalGeneration
+  model_dir, task = env['model_dir'], env['tasks'][1]
+  base = T5ForConditionalGeneration.from_pretrained(model_dir).eval()
+  cfg = LoraConfig(r=4, lora_alpha=8, target_modules=['q', 'v'], lora_dropout=0.0,
+                   init_lora_weights=False, alpha_pattern={'EncDecAttention.q': 20})
+  ref = get_peft_model(base, cfg).eval()
+  ref.save_pretrained(str(tmp_path / 'peft'))
+  server = env['server']
+  adapter = adapters_lib.import_peft(str(tmp_path / 'peft'), server.config)
+  server.add_adapter('imported', adapter)
+  texts, targets = [q.input for q in task.queries], [q.target for q in task.queries]
+  inputs, _ = torch_inputs(server, texts, targets)
+  want = _torch_logits(ref, inputs)
+  np.testing.assert_allclose(server.logits(texts, targets, 'imported'), want, atol=1e-4, rtol=0)
+  # ... and exports back to PEFT unchanged in function.
+  adapters_lib.export_peft(adapter, str(tmp_path / 'again'))
+  again = _torch_models(model_dir, str(tmp_path / 'again'))
+  np.testing.assert_allclose(_torch_logits(again, inputs), want, atol=1e-5, rtol=0)
+
+
+def test_adapter_for_another_model_is_refused(env, tmp_path, capsys):
+  other = str(tmp_path / 'other')
+  make_model_dir(other, seed=7)
+  with open(os.path.join(env['adapters'][0], 'manifest.json')) as f:
+    made_for = json.load(f)['downstream']['params_sha256']
+  server = serving.Server(other)
+  with pytest.raises(adapters_lib.AdapterMismatchError) as err:
+    server.add_adapter('lora0', env['adapters'][0])
+  assert made_for in str(err.value) and server.sha256 in str(err.value)
+  queries = tmp_path / 'q.jsonl'
+  queries.write_text(json.dumps({'input': 'cat 12'}) + '\n')
+  assert predict.main(['--model', other, '--adapter', env['adapters'][0],
+                       '--inputs', str(queries)]) == 2
+  assert made_for in capsys.readouterr().err
+  wider = str(tmp_path / 'wider')
+  make_model_dir(wider, d_ff=64)
+  with pytest.raises(adapters_lib.AdapterMismatchError, match='d_ff: adapter 48 vs model 64'):
+    serving.Server(wider).add_adapter('lora0', env['adapters'][0])
+
+
+def test_hypert5_plus_exports_its_trained_downstream(env, tmp_path):
+  """HyperT5+: the adapter fits the trained T5, exported through the HF conversion."""
+  workdir = make_workdir(str(tmp_path / 'plus'), env['model_dir'], 'lora', seed=3,
+                         train_downstream=True, hyper_from=env['lora_workdir'])
+  examples = write_examples(str(tmp_path / 'task.jsonl'), env['tasks'][2])
+  out, hf_dir, peft_dir = (str(tmp_path / n) for n in ('adapter', 'hf', 'peft'))
+  assert hypertune.main(['--checkpoint', workdir, '--examples', examples, '--out', out,
+                         '--export-downstream', hf_dir, '--export-peft', peft_dir]) == 0
+  with pytest.raises(adapters_lib.AdapterMismatchError, match='sha256'):
+    env['server'].add_adapter('plus', out)  # the untrained T5
+  server = serving.Server(hf_dir, batch_size=4)
+  server.add_adapter('plus', out)
+  task = env['tasks'][2]
+  texts, targets = [q.input for q in task.queries], [q.target for q in task.queries]
+  inputs, _ = torch_inputs(server, texts, targets)
+  np.testing.assert_allclose(server.logits(texts, targets, 'plus'),
+                             _torch_logits(_torch_models(hf_dir, peft_dir), inputs),
+                             atol=1e-4, rtol=0)
+
+
+def test_hyper_init_starts_peft_tuning_at_the_adapter(env, tmp_path):
+  """write_hyper_init -> a shared_lora checkpoint computing the adapter's function."""
+  import flax.linen as nn
+  from hyperflax.hyper import HyperConfig, abstract_params, build_hypermodel
+  from hyperflax.train import load_trainable
+  adapter = adapters_lib.load_adapter(env['adapters'][0])
+  init_dir = str(tmp_path / 'init')
+  assert hypertune.main(['--adapter', env['adapters'][0], '--hyper-init', init_dir]) == 0
+  params = load_trainable(init_dir)['hyper']
+  server = env['server']
+  hyper = HyperConfig(kind='shared_lora', lora_rank=adapter.manifest['lora_rank'])
+  fresh = nn.unbox(abstract_params(hyper, server.config))
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, fresh)  # train() accepts it
+  task = env['tasks'][0]
+  texts, targets = [q.input for q in task.queries], [q.target for q in task.queries]
+  inputs, _ = torch_inputs(server, texts, targets)
+  peft, _ = build_hypermodel(hyper, server.config).apply(
+      {'params': params}, jnp.ones((len(texts), 1), jnp.int32))
+  # SharedLoRA has no gate (it is folded into b); a unit gate keeps the slot
+  # structure of the generated adapters, so the compiled function is reused.
+  peft = jax.tree.map(lambda x: x, peft)
+  for site in adapters_lib.peft_lib.flatten(peft):
+    if site.endswith('/a'):
+      stack, kind, proj, _ = site.split('/')
+      peft[stack][kind][proj]['gate'] = jnp.ones(peft[stack][kind][proj]['a'].shape[:2])
+  ours = serving.teacher_forced_logits(server.config, server.params,
+                                       jnp.asarray(inputs['input_ids'].numpy()),
+                                       jnp.asarray(inputs['decoder_input_ids'].numpy()), peft)
+  np.testing.assert_allclose(np.asarray(ours), _torch_logits(
+      _torch_models(env['model_dir'], env['pefts'][0]), inputs), atol=1e-4, rtol=0)
+
+
+def test_bad_example_lines_name_file_and_line(tmp_path):
+  path = tmp_path / 'bad.jsonl'
+  path.write_text('{"input": "a", "output": "b"}\n\n{"input": "a"}\n')
+  with pytest.raises(ValueError, match=rf'{path}:3: needs string fields'):
+    hypertune.read_examples(str(path))
+  path.write_text('{"input": "a", "target": "b"}\nnot json\n')
+  with pytest.raises(ValueError, match=rf'{path}:2: not valid JSON'):
+    hypertune.read_examples(str(path))
