@@ -63,6 +63,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True
   c.train.export_downstream = True  # write workdir/downstream when the T5 is trained
 
+  # Device mesh (`hyperflax.sharding`): sizes of the data / fsdp / tensor
+  # axes; -1 = all remaining devices (the default is pure data parallelism).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # (logical axis, mesh axes) pairs overriding `sharding.LOGICAL_AXIS_RULES`,
+  # e.g. (('vocab', None),); and overrides for the frozen downstream only.
+  c.sharding_rules = ()
+  c.frozen_sharding_rules = ()
+
   c.eval = ml_collections.ConfigDict()
   c.eval.name = 'p3_heldout'        # '' disables the evaluation after training
   c.eval.split = 'validation'

@@ -38,7 +38,7 @@ KIND_LABELS = {'prefix': 'HyperT5-Prefix', 'lora': 'HyperT5-LoRA', 'hart': 'HART
 def plan(quick: bool = False) -> ml_collections.ConfigDict:
   p = ml_collections.ConfigDict()
   p.kinds = ('prefix', 'lora', 'hart')
-  p.downstream_steps, p.fewshot_steps, p.caclm_steps, p.mtf_steps = 300, 200, 60, 300
+  p.downstream_steps, p.fewshot_steps, p.caclm_steps, p.mtf_steps = 300, 150, 40, 300
   p.eval_splits = ('heldout_families', 'heldout_tasks')
   p.seed = 0
   if quick:

@@ -341,9 +341,9 @@ class Plan:
 
   def jit_eval_step(self, eval_step: Callable, batch: dict) -> Callable:
     """`eval_step(trainable, frozen, batch) -> [B, ...]` jitted; outputs follow the batch."""
-    rows = batch_sharding(self.mesh)
-    fn = jax.jit(eval_step, in_shardings=(self.state.trainable, self.frozen,
-                                          batch_shardings(batch, self.mesh)),
+    in_batch = batch_shardings(batch, self.mesh)
+    rows = jax.tree.leaves(in_batch)[0]  # outputs are [B, ...] like the inputs
+    fn = jax.jit(eval_step, in_shardings=(self.state.trainable, self.frozen, in_batch),
                  out_shardings=rows)
     return _InMesh(fn, self.mesh, self.rules)
 

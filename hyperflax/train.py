@@ -23,15 +23,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from hyperflax import sharding
 from hyperflax.training import checkpointing, reporting
 from hyperflax.training.experiment import Experiment
 from hyperflax.training.optim import make_optimizer
-from hyperflax.training.step import create_state, make_train_step
+from hyperflax.training.step import make_train_step
 
 STEP_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets', 'target_weights')
 
 
-def train_stream(config: ml_collections.ConfigDict, exp: Experiment, start_step: int):
+def train_stream(config: ml_collections.ConfigDict, exp: Experiment, start_step: int,
+                 rows: tuple[int, int] | None = None):
+  """Training batches from `start_step`; with `rows=(lo, hi)` only those rows (this host's)."""
   from hyperflax import data
   d = config.data
   stream = data.get_dataset(
@@ -39,8 +42,29 @@ def train_stream(config: ml_collections.ConfigDict, exp: Experiment, start_step:
       lengths=tuple(d.lengths) if d.get('lengths') else None, num_shots=d.num_shots,
       start_step=start_step, data_dir=d.get('data_dir') or None, mode=exp.data_mode,
       vocab_path=d.get('vocab_path') or None, **dict(d.get('options', {}) or {}))
-  for batch in stream:
+  for batch in _host_rows(stream, start_step, rows, d.batch_size):
     yield {k: batch[k] for k in STEP_FIELDS if k in batch}
+
+
+def _host_rows(stream, start_step: int, rows: tuple[int, int] | None, batch_size: int):
+  """Rows [lo, hi) of every batch. Episode streams tokenise only those rows
+  (rows are independent and padded to fixed lengths); others are sliced."""
+  if rows is None or tuple(rows) == (0, batch_size):
+    yield from stream
+    return
+  lo, hi = rows
+  if hasattr(stream, 'episodes') and hasattr(stream, 'converter'):
+    step = start_step
+    while True:
+      yield stream.converter.train_batch(stream.episodes(step)[lo:hi])
+      step += 1
+  for batch in stream:
+    yield {k: v[lo:hi] for k, v in batch.items()}
+
+
+class _NullReporter:
+  """Hosts other than process 0 write no metrics (one metrics.jsonl per run)."""
+  write = close = lambda self, *a, **k: None
 
 
 class _Preemption:
@@ -76,23 +100,35 @@ def _check_compatible(meta: dict, config) -> None:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or resumes) training; returns the final trainable/frozen params and metrics."""
+  primary = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if primary:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   exp = Experiment.from_config(config)
   rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  trainable, frozen = exp.init(init_rng)
-  if config.hyper.get('init_from', '') and 'hyper' in trainable:
-    trainable['hyper'] = load_trainable(config.hyper.init_from)['hyper']
+  hyper_params = None
+  if config.hyper.get('init_from', '') and exp.hyper is not None:
+    hyper_params = load_trainable(config.hyper.init_from)['hyper']
     logging.info('hypermodel initialised from %s', config.hyper.init_from)
   num_steps = int(config.train.num_steps)
   optimizer = make_optimizer(config, num_steps)
   accum = int(config.train.get('grad_accum_steps', 1))
 
-  first = next(train_stream(config, exp, 0))
-  micro = jax.tree.map(lambda x: x[: x.shape[0] // accum], first)
-  state = create_state(exp, optimizer, trainable, state_rng, micro)
+  # The mesh (config.mesh; default: data parallel over every device) and this
+  # host's rows of each global batch.
+  mesh = sharding.make_mesh(config)
+  batch_rows = int(config.data.batch_size)
+  shards = mesh.shape['data'] * mesh.shape['fsdp']
+  if batch_rows % shards:
+    raise ValueError(f'data.batch_size={batch_rows} must be divisible by the batch shards '
+                     f'data*fsdp={shards} of mesh {dict(mesh.shape)}')
+  rows = sharding.process_rows(batch_rows, mesh)
+  first = next(train_stream(config, exp, 0, rows))
+  # Global shapes only: `create_state` sizes HART's previous states from them.
+  micro = {k: np.zeros((batch_rows // accum,) + v.shape[1:], v.dtype) for k, v in first.items()}
+  plan = sharding.Plan.build(exp, optimizer, config, mesh, micro)
+  state, frozen = plan.create(rng, micro, hyper_params)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.train.keep_checkpoints)
   restored = ckpt.restore_latest(state)
@@ -101,19 +137,21 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     _check_compatible(meta, config)
     logging.info('resumed from step %d', int(state.step))
   start = int(state.step)
-  step_fn = jax.jit(make_train_step(exp, optimizer, accum), donate_argnums=0)
+  step_fn = plan.jit_train_step(make_train_step(exp, optimizer, accum), {
+      k: jax.ShapeDtypeStruct((batch_rows,) + v.shape[1:], v.dtype) for k, v in first.items()})
   reporter = reporting.Reporter(workdir, num_steps, start,
-                                tensorboard=config.train.get('tensorboard', True))
+                                tensorboard=config.train.get('tensorboard', True)) if primary \
+      else _NullReporter()
   preemption = _Preemption()
   metrics, tokens = {}, 0
   try:
-    stream = train_stream(config, exp, start)
+    stream = train_stream(config, exp, start, rows)
     for step in range(start, num_steps):
       host_batch = next(stream)
       # Non-padding tokens read or predicted (hypermodel + downstream), for tokens/s.
       tokens += sum(int(np.count_nonzero(host_batch[k])) for k in
                     ('hyper_inputs', 'encoder_inputs', 'targets') if k in host_batch)
-      state, metrics = step_fn(state, frozen, jax.tree.map(jnp.asarray, host_batch))
+      state, metrics = step_fn(state, frozen, plan.global_batch(host_batch, batch_rows))
       done = step + 1
       if done % config.train.log_every == 0 or done == num_steps:
         m = jax.device_get(metrics)
@@ -129,7 +167,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ckpt.close()
     reporter.close()
     preemption.restore()
-  reporting.plot_losses(workdir)
+  if primary:
+    reporting.plot_losses(workdir)
   if exp.trains_downstream and config.train.get('export_downstream', True):
     export_downstream(exp, state.trainable['downstream'], os.path.join(workdir, 'downstream'))
   return {'trainable': state.trainable, 'frozen': frozen, 'experiment': exp,
@@ -140,6 +179,11 @@ def export_downstream(exp: Experiment, params, out_dir: str) -> None:
   """Writes a trained downstream T5 as a `load_pretrained`-able directory."""
   from hyperflax import checkpoints
   from hyperflax.model import hf
+  if jax.process_count() > 1:  # every host takes part in the gather; host 0 writes
+    from jax.experimental import multihost_utils
+    params = multihost_utils.process_allgather(params, tiled=True)
+    if jax.process_index() != 0:
+      return
   if exp.t5_config.scan_layers:
     params = hf.unstack_layers(params, exp.t5_config)
   checkpoints.save_params(out_dir, jax.device_get(params),
@@ -169,6 +213,8 @@ def main(argv=None) -> None:
 
   def run(_):
     logging.getLogger().setLevel(logging.INFO)
+    from hyperflax import distributed
+    distributed.initialize()  # multi-host from the environment; no-op on one host
     config = flags.FLAGS.config
     t0 = time.time()
     out = train(config, flags.FLAGS.workdir)

@@ -25,9 +25,17 @@ def _cmd(workdir, steps=6, every=2):
           '--config.train.keep_checkpoints=5', '--config.eval.name=']
 
 
+# The runs below compile the same programs: share XLA's persistent cache between
+# the subprocesses (an identical executable, so results stay bit-comparable).
+_CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'hyperflax-test-xla-cache-{os.getuid()}')
+ENV = dict(os.environ, JAX_COMPILATION_CACHE_DIR=_CACHE,
+           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+           JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+
+
 def _run(workdir, **kw):
   proc = subprocess.run(_cmd(workdir, **kw), cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+                        timeout=600, env=ENV)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc
 
@@ -60,7 +68,7 @@ def uninterrupted(tmp_path_factory):
 def test_sigkill_then_rerun_ends_bit_exact(uninterrupted, tmp_path):
   workdir = str(tmp_path / 'killed')
   proc = subprocess.Popen(_cmd(workdir), cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+                          stderr=subprocess.DEVNULL, env=ENV)
   try:
     assert _wait_for(os.path.join(workdir, 'checkpoints', '2', 'state'), proc), \
         'training never wrote its first checkpoint'
@@ -81,7 +89,7 @@ def test_sigkill_then_rerun_ends_bit_exact(uninterrupted, tmp_path):
 def test_sigterm_saves_and_exits_cleanly(tmp_path):
   workdir = str(tmp_path / 'term')
   proc = subprocess.Popen(_cmd(workdir, steps=200, every=100), cwd=ROOT,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
   try:
     assert _wait_for(os.path.join(workdir, 'metrics.jsonl'), proc)
     proc.send_signal(signal.SIGTERM)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -88,6 +89,9 @@ def make_train_step(exp: Experiment, optimizer: optax.GradientTransformation,
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     first = state.step == 0
     micro = split_micro(batch, accum_steps)
+    # Rows of every micro batch stay split over the batch mesh axes (a no-op
+    # without `hyperflax.sharding` rules in scope, e.g. on one device).
+    micro = jax.tree.map(lambda x: nn.with_logical_constraint(x, (None, 'act_batch')), micro)
     zeros = jax.tree.map(jnp.zeros_like, state.trainable)
 
     def body(carry, xs):

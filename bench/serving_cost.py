@@ -1,0 +1,222 @@
+r"""Serving cost per query: a hypertuned adapter vs. few-shot in-context vs. zero-shot.
+
+  python bench/serving_cost.py --quick          # < 2 min on a 2-core CPU
+  python bench/serving_cost.py                  # more latency repetitions
+  python bench/serving_cost.py --configs large --query-len 64 --out cost.json
+
+Paths, measured side by side on the same downstream T5 v1.1 (random weights):
+  (a) adapter    the T5 reads the query alone with generated PEFT parameters:
+                 HyperT5-LoRA (rank 8), HyperT5-Prefix (P=32), and HART's
+                 prefixes + fusion-in-decoder states (the K demonstrations'
+                 hypermodel encoding, cross-attended by the decoder);
+  (b) few-shot   the T5 reads K=16 demonstrations + the query concatenated
+                 (T5-MTF-Few-shot / MetaICL style);
+  (c) zero-shot  the T5 reads the query alone (T5-MTF).
+One query = one teacher-forced forward over a `--target-len` target (the rank
+classification step). FLOPs come from XLA: `jax.jit(f).lower(...).compile()
+.cost_analysis()['flops']` (parameters as abstract shapes, so Large costs
+nothing to count), divided by the batch. Latency is wall time per call / batch
+after one warm-up call. The hypermodel pass that writes an adapter runs once per
+task, not per query; its FLOPs are reported separately.
+
+Lengths: tiny uses the synthetic suite's (K=16 demos fit in 192 tokens, query
+16); large uses 1024 demo tokens (the papers' hypermodel input), a 128-token
+query (typical of P3 prompts; `--query-len`) and a 16-token target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hyperflax.model import T5, abstract_params, init_params, preset  # noqa: E402
+from hyperflax.model import peft as peft_lib  # noqa: E402
+
+S = jax.ShapeDtypeStruct
+LORA_RANK, PREFIX_LEN = 8, 32
+
+
+def _score_fn(config):
+  """Per-row summed target log-likelihood (what rank classification computes)."""
+  model = T5(config)
+
+  def score(params, enc, dec, peft, fusion_states, fusion_mask):
+    logits = model.apply({'params': params}, enc, dec, peft=peft, fusion_states=fusion_states,
+                         fusion_mask=fusion_mask).astype(jnp.float32)
+    logp = jax.nn.log_softmax(logits, -1)
+    return jnp.sum(jnp.take_along_axis(logp, dec[..., None], -1)[..., 0], -1)
+  return score
+
+
+def _paths(config, batch, demo_len, query_len):
+  """name -> (encoder length, peft shapes, fusion length or None)."""
+  lora = peft_lib.expected_shapes(config, batch, None, LORA_RANK)
+  for key in [k for k in lora if k.endswith('/a')]:
+    lora[key[:-1] + 'gate'] = (batch, lora[key][1])
+  prefix = peft_lib.expected_shapes(config, batch, PREFIX_LEN, None)
+  return {
+      '(c) zero-shot': (query_len, None, None),
+      '(a) adapter: LoRA r=8': (query_len, lora, None),
+      '(a) adapter: prefix P=32': (query_len, prefix, None),
+      '(a) adapter: HART prefix + fusion': (query_len, prefix, demo_len),
+      '(b) few-shot K=16 in context': (demo_len + query_len, None, None),
+  }
+
+
+def _abstract_inputs(config, batch, enc_len, target_len, peft_shapes, fusion_len):
+  dtype = jnp.dtype(config.dtype)
+  peft = None if peft_shapes is None else peft_lib.unflatten(
+      {k: S(v, dtype) for k, v in peft_shapes.items()})
+  fusion = (None, None) if fusion_len is None else (
+      S((batch, fusion_len, config.d_model), dtype), S((batch, fusion_len), jnp.bool_))
+  return (S((batch, enc_len), jnp.int32), S((batch, target_len), jnp.int32), peft) + fusion
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
+def _concrete(abstract, rng):
+  """Random arrays for abstract shapes (tokens in [2, 1000), mask all True)."""
+  def make(s):
+    if s.dtype == jnp.int32:
+      return jnp.asarray(rng.integers(2, 1000, s.shape), jnp.int32)
+    if s.dtype == jnp.bool_:
+      return jnp.ones(s.shape, bool)
+    return jnp.asarray(rng.normal(size=s.shape) * 0.05, s.dtype)
+  return jax.tree.map(make, abstract)
+
+
+def _hyper_flops(config, demo_len) -> float:
+  """One-time cost: the HyperT5-LoRA pass over K=16 demonstrations (batch 1)."""
+  from hyperflax.hyper import HyperConfig, abstract_params as hyper_abstract, build_hypermodel
+  hyper = HyperConfig(kind='lora', lora_rank=LORA_RANK, dtype=config.dtype)
+  module = build_hypermodel(hyper, config)
+  params = nn.unbox(hyper_abstract(hyper, config))
+  fn = jax.jit(lambda p, x: module.apply({'params': p}, x)[0])
+  return _flops(fn.lower(params, S((1, demo_len), jnp.int32)).compile())
+
+
+def _random_params(config, seed, fast):
+  """Random weights; `fast` tiles one random block (Large's 780M draws take long
+  on two cores, and matmul time does not depend on the values)."""
+  if not fast:
+    return init_params(config, jax.random.PRNGKey(seed))
+  block = np.random.default_rng(seed).normal(size=1 << 20).astype(np.float32) * 0.05
+  return jax.tree.map(lambda s: jnp.asarray(np.resize(block, s.shape)),
+                      nn.unbox(abstract_params(config)))
+
+
+def measure(name, config, *, batch, demo_len, query_len, target_len, reps, latency=True,
+            warmup=True, fast_init=False, seed=0):
+  """Rows of (path, FLOPs per query, latency per query in s or None)."""
+  score = jax.jit(_score_fn(config))
+  params_shape = nn.unbox(abstract_params(config))
+  params = _random_params(config, seed, fast_init) if latency else None
+  rng = np.random.default_rng(seed)
+  rows = []
+  for path, (enc_len, peft, fusion_len) in _paths(config, batch, demo_len, query_len).items():
+    t0 = time.perf_counter()
+    inputs = _abstract_inputs(config, batch, enc_len, target_len, peft, fusion_len)
+    compiled = score.lower(params_shape, *inputs).compile()
+    flops = _flops(compiled) / batch
+    seconds = None
+    if latency:
+      args = _concrete(inputs, rng)
+      if warmup:  # the executable is compiled already: this warms caches/allocators
+        jax.block_until_ready(compiled(params, *args))
+      start = time.perf_counter()
+      for _ in range(reps):
+        jax.block_until_ready(compiled(params, *args))
+      seconds = (time.perf_counter() - start) / reps / batch
+    rows.append((path, enc_len, flops, seconds))
+    print(f'  [{name}] {path}: {flops / 1e9:.3f} GFLOPs/query'
+          + (f', {seconds * 1e3:.2f} ms/query' if seconds else '')
+          + f' ({time.perf_counter() - t0:.0f}s)', flush=True)
+  return rows
+
+
+def report(name, rows, hyper_flops, demo_len, query_len, target_len, batch):
+  base_flops, base_time = rows[0][2], rows[0][3]
+  few = next(r for r in rows if r[0].startswith('(b)'))
+  print(f'\n{name}: demos {demo_len} tok, query {query_len} tok, target {target_len} tok, '
+        f'latency batch {batch}')
+  print(f'| path | encoder tokens | GFLOPs/query | x zero-shot | (b)/path | ms/query | '
+        f'latency x zero-shot |')
+  print('|---|---|---|---|---|---|---|')
+  for path, enc_len, flops, seconds in rows:
+    lat = f'{seconds * 1e3:.2f} | {seconds / base_time:.2f}' if seconds else 'n/a | n/a'
+    print(f'| {path} | {enc_len} | {flops / 1e9:.3f} | {flops / base_flops:.3f} | '
+          f'{few[2] / flops:.2f} | {lat} |')
+  if hyper_flops:
+    print(f'one-time hypermodel pass (HyperT5-LoRA, {demo_len} demo tokens): '
+          f'{hyper_flops / 1e9:.1f} GFLOPs per task = {hyper_flops / base_flops:.1f} '
+          'zero-shot queries, amortised over every query of the task')
+  checks = {}
+  for path, _, flops, _ in rows:
+    if path.startswith('(a)'):
+      checks[path] = {'x_zero_shot': flops / base_flops, 'fewshot_over_adapter': few[2] / flops,
+                      'ok': flops <= 1.15 * base_flops and few[2] >= 5 * flops}
+  return checks
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--quick', action='store_true',
+                      help='tiny: 3 reps; large: 1 call per path, no warm-up, tiled weights')
+  parser.add_argument('--configs', default='tiny,large')
+  parser.add_argument('--query-len', type=int, default=128, help='large: query tokens')
+  parser.add_argument('--demo-len', type=int, default=1024, help='large: K=16 demo tokens')
+  parser.add_argument('--target-len', type=int, default=16, help='large: target tokens')
+  parser.add_argument('--no-large-latency', action='store_true', help='large: FLOPs only')
+  parser.add_argument('--out', help='write the numbers as JSON')
+  args = parser.parse_args(argv)
+  t0 = time.perf_counter()
+  results = {}
+  for name in args.configs.split(','):
+    if name == 'tiny':
+      config, lengths, batch = preset('tiny', dropout_rate=0.0), (192, 16, 8), 32
+      reps = 3 if args.quick else 20
+    else:
+      config = preset(name, dropout_rate=0.0)
+      lengths, batch = (args.demo_len, args.query_len, args.target_len), 1
+      reps = 1 if args.quick else 3
+    demo_len, query_len, target_len = lengths
+    latency = not (name != 'tiny' and args.no_large_latency)
+    large_quick = args.quick and name != 'tiny'
+    rows = measure(name, config, batch=batch, demo_len=demo_len, query_len=query_len,
+                   target_len=target_len, reps=reps, latency=latency,
+                   warmup=not large_quick, fast_init=large_quick)
+    hyper_flops = _hyper_flops(config, demo_len)
+    checks = report(name, rows, hyper_flops, demo_len, query_len, target_len, batch)
+    results[name] = {'lengths': lengths, 'batch': batch, 'hyper_flops': hyper_flops,
+                     'rows': [dict(zip(('path', 'encoder_tokens', 'flops', 'seconds'), r))
+                              for r in rows], 'checks': checks}
+    jax.clear_caches()
+  if 'large' in results:
+    print('\nlarge: adapter <= 1.15x zero-shot FLOPs and >= 5x fewer than few-shot (K=16):')
+    for path, c in results['large']['checks'].items():
+      print(f'  {"PASS" if c["ok"] else "FAIL"} {path}: {c["x_zero_shot"]:.3f}x zero-shot, '
+            f'few-shot/adapter {c["fewshot_over_adapter"]:.2f}x')
+  print(f'\ntotal {time.perf_counter() - t0:.0f}s')
+  if args.out:
+    with open(args.out, 'w') as f:
+      json.dump(results, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
