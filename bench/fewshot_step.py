@@ -80,7 +80,7 @@ def main(argv=None) -> None:
   t0 = time.perf_counter()
   built = {label: build(method, kind) for label, method, kind in CONTESTANTS}
   print(f'build + compile {time.perf_counter() - t0:.0f}s; demo config, batch 16, K=16, fp32')
-  times = interleave({label: b[0] for label, b in built.items()}, reps)
+  times = interleave({label: b[0] for label, b in built.items()}, reps, warmup=2)
   base = CONTESTANTS[0][0]
   print(f'{"method":16} {"trainable":>10} {"frozen":>10} {"inputs":>10} {"tokens":>7} '
         f'{"GFLOP":>6} {"ms/step":>8} {"tokens/s":>9} {"GFLOP/s":>8} {"time vs " + base:>24}')

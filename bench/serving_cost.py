@@ -1,6 +1,6 @@
 r"""Serving cost per query: a hypertuned adapter vs. few-shot in-context vs. zero-shot.
 
-  python bench/serving_cost.py --quick          # < 2 min on a 2-core CPU
+  python bench/serving_cost.py --quick          # ~100 s of CPU time (2 cores)
   python bench/serving_cost.py                  # more latency repetitions
   python bench/serving_cost.py --configs large --query-len 64 --out cost.json
 
@@ -17,7 +17,7 @@ classification step). FLOPs come from XLA: `jax.jit(f).lower(...).compile()
 .cost_analysis()['flops']` (parameters as abstract shapes, so Large costs
 nothing to count), divided by the batch. Latency is wall time per call / batch
 after one warm-up call. The hypermodel pass that writes an adapter runs once per
-task, not per query; its FLOPs are reported separately.
+task, not per query; its FLOPs are reported separately (Large: without --quick).
 
 Lengths: tiny uses the synthetic suite's (K=16 demos fit in 192 tokens, query
 16); large uses 1024 demo tokens (the papers' hypermodel input), a 128-token
@@ -121,31 +121,36 @@ def _random_params(config, seed, fast):
 
 def measure(name, config, *, batch, demo_len, query_len, target_len, reps, latency=True,
             warmup=True, fast_init=False, seed=0):
-  """Rows of (path, FLOPs per query, latency per query in s or None)."""
+  """Rows of (path, encoder tokens, FLOPs per query, latency per query in s or None).
+
+  Every path is compiled first; timed calls then go round-robin over the paths
+  and each path reports its median, so load from other processes and
+  first-call effects do not favour whichever path runs last.
+  """
   score = jax.jit(_score_fn(config))
   params_shape = nn.unbox(abstract_params(config))
-  params = _random_params(config, seed, fast_init) if latency else None
   rng = np.random.default_rng(seed)
-  rows = []
+  compiled = {}
   for path, (enc_len, peft, fusion_len) in _paths(config, batch, demo_len, query_len).items():
     t0 = time.perf_counter()
     inputs = _abstract_inputs(config, batch, enc_len, target_len, peft, fusion_len)
-    compiled = score.lower(params_shape, *inputs).compile()
-    flops = _flops(compiled) / batch
-    seconds = None
-    if latency:
-      args = _concrete(inputs, rng)
-      if warmup:  # the executable is compiled already: this warms caches/allocators
-        jax.block_until_ready(compiled(params, *args))
-      start = time.perf_counter()
-      for _ in range(reps):
-        jax.block_until_ready(compiled(params, *args))
-      seconds = (time.perf_counter() - start) / reps / batch
-    rows.append((path, enc_len, flops, seconds))
-    print(f'  [{name}] {path}: {flops / 1e9:.3f} GFLOPs/query'
-          + (f', {seconds * 1e3:.2f} ms/query' if seconds else '')
-          + f' ({time.perf_counter() - t0:.0f}s)', flush=True)
-  return rows
+    compiled[path] = (enc_len, inputs, score.lower(params_shape, *inputs).compile())
+    print(f'  [{name}] {path}: {_flops(compiled[path][2]) / batch / 1e9:.3f} GFLOPs/query '
+          f'(compiled in {time.perf_counter() - t0:.0f}s)', flush=True)
+  times = {path: [] for path in compiled}
+  if latency:
+    params = _random_params(config, seed, fast_init)
+    args = {path: _concrete(inputs, rng) for path, (_, inputs, _) in compiled.items()}
+    for rep in range(reps + int(warmup)):
+      for path, (_, _, fn) in compiled.items():
+        start = time.perf_counter()
+        jax.block_until_ready(fn(params, *args[path]))
+        if rep >= int(warmup):  # the executables are compiled: this warms caches only
+          times[path].append((time.perf_counter() - start) / batch)
+    del params
+  return [(path, enc_len, _flops(fn) / batch,
+           float(np.median(times[path])) if times[path] else None)
+          for path, (enc_len, _, fn) in compiled.items()]
 
 
 def report(name, rows, hyper_flops, demo_len, query_len, target_len, batch):
@@ -189,7 +194,7 @@ def main(argv=None) -> int:
   for name in args.configs.split(','):
     if name == 'tiny':
       config, lengths, batch = preset('tiny', dropout_rate=0.0), (192, 16, 8), 32
-      reps = 3 if args.quick else 20
+      reps = 10 if args.quick else 30
     else:
       config = preset(name, dropout_rate=0.0)
       lengths, batch = (args.demo_len, args.query_len, args.target_len), 1
@@ -200,7 +205,8 @@ def main(argv=None) -> int:
     rows = measure(name, config, batch=batch, demo_len=demo_len, query_len=query_len,
                    target_len=target_len, reps=reps, latency=latency,
                    warmup=not large_quick, fast_init=large_quick)
-    hyper_flops = _hyper_flops(config, demo_len)
+    # The one-time hypermodel pass (compiling Large's takes a while: full runs only).
+    hyper_flops = None if large_quick else _hyper_flops(config, demo_len)
     checks = report(name, rows, hyper_flops, demo_len, query_len, target_len, batch)
     results[name] = {'lengths': lengths, 'batch': batch, 'hyper_flops': hyper_flops,
                      'rows': [dict(zip(('path', 'encoder_tokens', 'flops', 'seconds'), r))
@@ -211,6 +217,10 @@ def main(argv=None) -> int:
     for path, c in results['large']['checks'].items():
       print(f'  {"PASS" if c["ok"] else "FAIL"} {path}: {c["x_zero_shot"]:.3f}x zero-shot, '
             f'few-shot/adapter {c["fewshot_over_adapter"]:.2f}x')
+      if 'fusion' in path and not c['ok']:
+        print('       fusion-in-decoder re-projects the stored demo states to cross-attention '
+              'keys/values in every decoder layer for every query; caching them per adapter '
+              'would remove this (needs a model change)')
   print(f'\ntotal {time.perf_counter() - t0:.0f}s')
   if args.out:
     with open(args.out, 'w') as f:

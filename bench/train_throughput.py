@@ -1,6 +1,7 @@
 """Training-step throughput of our T5 v1.1 against transformers' torch T5.
 
   python bench/train_throughput.py [--quick] [--only tiny|small] [--reps N]
+  taskset -c 0 python bench/train_throughput.py ...   # one core each
 
 Both models start from one random init: a transformers
 `T5ForConditionalGeneration` is built (tests/hf_fixtures.py) and its weights
@@ -10,12 +11,15 @@ forward, backward, global-norm clipping (1.0) and AdamW (constant lr, no
 weight decay), fp32, dropout 0: our real `make_train_step` under `jax.jit`
 with the state donated, against `model.train()` + `torch.optim.AdamW`.
 
+Both use as many threads as the CPUs the process may use (XLA:CPU sizes its
+pool so; torch is set to match). On an oversubscribed machine torch's OpenMP
+barriers stall on descheduled threads, so also run it under `taskset -c 0`.
 The machine may be shared, so repetitions of all variants are interleaved
 (load hits each equally) and ratios are the figures to read, not absolute
-times. The profile of our step times the same step without the optimiser
-update and with a 512-token vocabulary (the vocab-sized lm_head, softmax,
-embedding gradient and their AdamW share), and gives GFLOP/s from XLA's cost
-analysis of the step (torch runs the same function, so the same count).
+times. The profile times our step without the optimiser update and with a
+512-token vocabulary (the vocab-sized lm_head, softmax, embedding gradient
+and their AdamW share), splits torch's step by clock readings, and gives
+GFLOP/s from XLA's cost analysis (torch runs the same function: same count).
 """
 
 from __future__ import annotations
@@ -91,18 +95,23 @@ def _flops(compiled) -> float:
 class Pair:
   """Our and torch's training step on the same weights and batch.
 
+  Building it runs two steps of each (the sanity check; also the warm-up).
+
   Attributes:
     losses: {'ours'|'torch': [loss at step 0, loss at step 1]}.
-    flops: XLA's FLOP count of our full step and of fwd+bwd alone.
-    steps: callables running one more step each (block until done).
+    flops: XLA's FLOP count of our full step ('step') and, with
+      `grad_variant`, of forward + backward alone ('fwd_bwd').
+    steps: callables running one more step each, blocking until done:
+      'ours', 'torch' (unless `with_torch=False`), 'ours_grad' (with `grad_variant`).
+    torch_split: (forward + backward, clip + AdamW) seconds of each torch step.
   """
 
   def __init__(self, cfg: T5Config, batch: int, in_len: int, tgt_len: int, seed: int = 0,
-               lr: float = LR, grad_variants: bool = False):
+               lr: float = LR, grad_variant: bool = False, with_torch: bool = True):
     import torch
+    from hf_fixtures import build_torch_t5
     from hyperflax.config_base import base_config
     from hyperflax.hyper.losses import cross_entropy
-    from hf_fixtures import build_torch_t5
     from hyperflax.training.experiment import Experiment
     from hyperflax.training.optim import make_optimizer
     from hyperflax.training.step import create_state, make_train_step
@@ -128,33 +137,12 @@ class Pair:
       state, metrics = step(state, {}, jbatch)
       return float(metrics['loss'])  # blocks until the step is done
 
-    # Torch: the same step by hand.
-    t = {k: torch.tensor(v, dtype=torch.long) for k, v in host.items() if k != 'target_weights'}
-    mask = torch.ones_like(t['encoder_inputs'])
-    # AdamW's default implementation on CPU (for-each and fused are opt-in there).
-    opt_t = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
-                              weight_decay=0.0)
+    self.steps: dict[str, Callable[[], float]] = {'ours': ours}
+    self.losses = {'ours': [ours(), ours()]}
 
-    def torch_loss():
-      return model(input_ids=t['encoder_inputs'], attention_mask=mask,
-                   decoder_input_ids=t['decoder_inputs'], labels=t['targets']).loss
-
-    def torch_step() -> float:
-      opt_t.zero_grad(set_to_none=True)
-      loss = torch_loss()
-      loss.backward()
-      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-      opt_t.step()
-      return float(loss)
-
-    self.losses = {'ours': [ours(), ours()], 'torch': [torch_step(), torch_step()]}
-    self.steps: dict[str, Callable[[], float]] = {'ours': ours, 'torch': torch_step}
-
-    if grad_variants:  # forward + backward alone: the rest of the step is the optimiser
-      t5 = exp.t5
-
+    if grad_variant:  # forward + backward alone: the rest of our step is the optimiser
       def loss_fn(p, b):
-        logits = t5.apply({'params': p}, b['encoder_inputs'], b['decoder_inputs'])
+        logits = exp.t5.apply({'params': p}, b['encoder_inputs'], b['decoder_inputs'])
         s, w = cross_entropy(logits, b['targets'], b['target_weights'])
         return s / w
 
@@ -165,13 +153,33 @@ class Pair:
       def ours_grad() -> float:
         return float(jax.block_until_ready(grad(state.trainable['downstream'], jbatch))[0])
 
-      def torch_grad() -> float:
-        opt_t.zero_grad(set_to_none=True)
-        loss = torch_loss()
-        loss.backward()
-        return float(loss)
+      ours_grad()
+      self.steps['ours_grad'] = ours_grad
 
-      self.steps.update(ours_grad=ours_grad, torch_grad=torch_grad)
+    self.torch_split: list[tuple[float, float]] = []
+    if not with_torch:
+      return
+    t = {k: torch.tensor(v, dtype=torch.long) for k, v in host.items() if k != 'target_weights'}
+    mask = torch.ones_like(t['encoder_inputs'])
+    # AdamW's default implementation on CPU (for-each and fused are opt-in there).
+    opt_t = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                              weight_decay=0.0)
+
+    def torch_step() -> float:
+      t0 = time.perf_counter()
+      opt_t.zero_grad(set_to_none=True)
+      loss = model(input_ids=t['encoder_inputs'], attention_mask=mask,
+                   decoder_input_ids=t['decoder_inputs'], labels=t['targets']).loss
+      loss.backward()
+      t1 = time.perf_counter()  # torch runs eagerly: the clock splits the step
+      torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+      opt_t.step()
+      self.torch_split.append((t1 - t0, time.perf_counter() - t1))
+      return loss.item()
+
+    self.losses['torch'] = [torch_step(), torch_step()]
+    self.torch_split.clear()
+    self.steps['torch'] = torch_step
 
 
 def step0_losses(cfg: T5Config, batch: int = 2, in_len: int = 12, tgt_len: int = 6,
@@ -181,8 +189,8 @@ def step0_losses(cfg: T5Config, batch: int = 2, in_len: int = 12, tgt_len: int =
   return pair.losses['ours'][0], pair.losses['torch'][0]
 
 
-def interleave(steps: dict[str, Callable[[], float]], reps: int, warmup: int = 1):
-  """Seconds per call of each callable, repetitions interleaved.
+def interleave(steps: dict[str, Callable[[], float]], reps: int, warmup: int = 0):
+  """Seconds per call of each callable, after `warmup` untimed calls each.
 
   The order flips every repetition so that no contestant always runs right
   after the same other one (caches, allocator state, load spikes).
@@ -212,74 +220,77 @@ def matmul_peak(n: int = 1024, reps: int = 5) -> dict[str, float]:
   ja, ta = jnp.asarray(a), torch.from_numpy(a.copy())
   mm = jax.jit(lambda x: x @ x)
   times = interleave({'jax': lambda: mm(ja).block_until_ready(), 'torch': lambda: ta @ ta},
-                     reps)
+                     reps, warmup=1)
   return {k: 2 * n ** 3 / statistics.median(v) / 1e9 for k, v in times.items()}
 
 
-def run_config(name: str, reps: int, profile: bool) -> None:
+def run_config(name: str, reps: int, profile: bool, peak: dict[str, float]) -> None:
+  """Builds, checks and times one config; prints its section of the report."""
   cfg, batch, in_len, tgt_len = CONFIGS[name]
-  t0 = time.perf_counter()
-  pairs = {'': Pair(cfg, batch, in_len, tgt_len, grad_variants=profile)}
-  if profile:
-    pairs['v512'] = Pair(cfg.replace(vocab_size=SMALL_VOCAB), batch, in_len, tgt_len)
-  build_s = time.perf_counter() - t0
-  main = pairs['']
-  (o0, o1), (t0_, t1) = main.losses['ours'], main.losses['torch']
-  ok = abs(o0 - t0_) <= 1e-4
+  start = time.perf_counter()
+  main = Pair(cfg, batch, in_len, tgt_len, grad_variant=profile)
+  steps = dict(main.steps)
+  if profile:  # same model with a 512-token vocabulary: what the vocab costs us
+    small = Pair(cfg.replace(vocab_size=SMALL_VOCAB), batch, in_len, tgt_len, with_torch=False)
+    steps['ours_v512'] = small.steps['ours']
+  build_s = time.perf_counter() - start
+  (o0, o1), (t0, t1) = main.losses['ours'], main.losses['torch']
   print(f'\n== {name}: d_model {cfg.d_model}, {cfg.num_layers}+{cfg.num_decoder_layers} layers, '
         f'vocab {cfg.vocab_size}, batch {batch}, lengths {in_len}/{tgt_len}, fp32 '
-        f'(build+compile {build_s:.0f}s)')
-  print(f'sanity: step-0 loss ours {o0:.6f} torch {t0_:.6f} |diff| {abs(o0 - t0_):.1e} '
-        f'({"OK" if ok else "MISMATCH"} at 1e-4); after one AdamW step ours {o1:.6f} '
-        f'torch {t1:.6f} |diff| {abs(o1 - t1):.1e}')
-  steps = {f'{k}{"_" + v if v else ""}': fn for v, p in pairs.items() for k, fn in p.steps.items()}
+        f'(build + compile + 2 steps each {build_s:.0f}s)')
+  print(f'sanity: step-0 loss ours {o0:.6f} torch {t0:.6f} |diff| {abs(o0 - t0):.1e} '
+        f'({"OK" if abs(o0 - t0) <= 1e-4 else "MISMATCH"} at 1e-4); after one update '
+        f'ours {o1:.6f} torch {t1:.6f} |diff| {abs(o1 - t1):.1e}')
   times = interleave(steps, reps)
   med = {k: statistics.median(v) for k, v in times.items()}
   for who in ('ours', 'torch'):
     print(f'{who:5}: {med[who] * 1e3:8.1f} ms/step (min {min(times[who]) * 1e3:.1f}, '
-          f'max {max(times[who]) * 1e3:.1f}, n={reps})  {main.tokens / med[who]:9.0f} tokens/s')
-  print(f'ratio ours/torch tokens/s: {med["torch"] / med["ours"]:.2f}x '
-        f'(paired per-rep median {1 / paired_ratio(times["ours"], times["torch"]):.2f}x)')
+          f'max {max(times[who]) * 1e3:.1f}, n={reps}) {main.tokens / med[who]:8.0f} tokens/s')
+  print(f'ratio ours/torch tokens/s: {med["torch"] / med["ours"]:.2f}x of medians, '
+        f'{1 / paired_ratio(times["ours"], times["torch"]):.2f}x median of per-rep ratios')
   if not profile:
     return
-  flops = main.flops['step']
+  flops, fb_flops = main.flops['step'], main.flops['fwd_bwd']
   # lm_head matmuls: forward 2*N*d*V, backward 4*N*d*V, over the decoder tokens.
   head = 6 * batch * tgt_len * cfg.d_model * cfg.vocab_size
-  print(f'profile: XLA counts {flops / 1e9:.1f} GFLOP per step ({head / flops:.0%} in the '
-        f'vocab-{cfg.vocab_size} lm_head matmuls); achieved GFLOP/s ours '
-        f'{flops / med["ours"] / 1e9:.1f}, torch {flops / med["torch"] / 1e9:.1f}')
-  for who in ('ours', 'torch'):
-    opt_share = 1 - paired_ratio(times[f'{who}_grad'], times[who])
-    vocab_share = 1 - paired_ratio(times[f'{who}_v512'], times[who])
-    print(f'  {who:5}: optimiser (clip+AdamW) {opt_share:5.0%} of the step; vocab {cfg.vocab_size}'
-          f' vs {SMALL_VOCAB} (lm_head, softmax, embedding grad + their AdamW) {vocab_share:5.0%};'
-          f' fwd+bwd alone {med[f"{who}_grad"] * 1e3:.1f} ms, vocab-{SMALL_VOCAB} step '
-          f'{med[f"{who}_v512"] * 1e3:.1f} ms')
-  print(f'  ratio ours/torch tokens/s: fwd+bwd alone '
-        f'{1 / paired_ratio(times["ours_grad"], times["torch_grad"]):.2f}x, '
-        f'vocab-{SMALL_VOCAB} step {1 / paired_ratio(times["ours_v512"], times["torch_v512"]):.2f}x')
+  torch_fb = statistics.median(fb for fb, _ in main.torch_split)
+  torch_opt = statistics.median(o / (fb + o) for fb, o in main.torch_split)
+  print(f'profile: XLA counts {flops / 1e9:.2f} GFLOP per step, {head / flops:.0%} of it in the '
+        f'lm_head matmuls (vocab {cfg.vocab_size})')
+  print(f'  GFLOP/s achieved: step ours {flops / med["ours"] / 1e9:.1f}, torch '
+        f'{flops / med["torch"] / 1e9:.1f}; fwd+bwd ours {fb_flops / med["ours_grad"] / 1e9:.1f}, '
+        f'torch {fb_flops / torch_fb / 1e9:.1f} (1024^3 matmul: jax {peak["jax"]:.1f}, '
+        f'torch {peak["torch"]:.1f})')
+  print(f'  ours : fwd+bwd alone {med["ours_grad"] * 1e3:.1f} ms -> clip+AdamW '
+        f'{1 - paired_ratio(times["ours_grad"], times["ours"]):.0%} of the step; vocab '
+        f'{SMALL_VOCAB} step {med["ours_v512"] * 1e3:.1f} ms -> the {cfg.vocab_size} vocab (lm_head, '
+        f'softmax, embedding grad, their AdamW) {1 - paired_ratio(times["ours_v512"], times["ours"]):.0%}')
+  print(f'  torch: fwd+bwd {torch_fb * 1e3:.1f} ms, clip+AdamW {torch_opt:.0%} of the step '
+        f'(clock split inside the step)')
+  print(f'  ratio ours/torch tokens/s on fwd+bwd alone: {torch_fb / med["ours_grad"]:.2f}x')
 
 
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--quick', action='store_true',
-                  help='fewer repetitions; the small preset without the profile (< 2 min)')
+                  help='fewer repetitions; the small preset without the profile (< 2 min idle)')
   ap.add_argument('--only', choices=sorted(CONFIGS), default=None, help='one config')
   ap.add_argument('--reps', type=int, default=None, help='timed repetitions per variant')
   args = ap.parse_args(argv)
   warnings.filterwarnings('ignore')
   import torch
-  # Same thread count on both sides: XLA:CPU's pool uses every core by default.
-  torch.set_num_threads(os.cpu_count())
-  print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__} '
-        f'torch.get_num_threads()={torch.get_num_threads()}, os.cpu_count()={os.cpu_count()}, '
-        f'load average {os.getloadavg()[0]:.1f}')
+  cores = len(os.sched_getaffinity(0))
+  # Same thread count on both sides: XLA:CPU's pool is sized by the usable CPUs.
+  torch.set_num_threads(cores)
+  print(f'jax {jax.__version__} ({jax.devices()[0].platform}), torch {torch.__version__}; '
+        f'usable CPUs {cores} of {os.cpu_count()}, torch.get_num_threads()='
+        f'{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}')
   peak = matmul_peak()
-  print(f'fp32 1024^3 matmul: jax {peak["jax"]:.1f} GFLOP/s, torch {peak["torch"]:.1f} GFLOP/s')
+  print(f'fp32 1024^3 matmul GFLOP/s: jax {peak["jax"]:.1f}, torch {peak["torch"]:.1f}')
   for name in ([args.only] if args.only else list(CONFIGS)):
     quick_small = args.quick and name == 'small'
-    reps = args.reps or (3 if quick_small else 5 if args.quick else 15 if name == 'tiny' else 7)
-    run_config(name, reps, profile=not quick_small)
+    reps = args.reps or (3 if quick_small else 5 if args.quick else 15 if name == 'tiny' else 5)
+    run_config(name, reps, not quick_small, peak)
   print(f'\nload average at the end {os.getloadavg()[0]:.1f}')
 
 

@@ -280,6 +280,9 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
         tensors[f'base_model.model.{module}.lora_B.weight'] = np.ascontiguousarray(
             (b[layer] * gate[layer]).T)
   rank = ranks.pop()
+  source = (adapter.manifest.get('downstream') or {}).get('source')
+  if base_model_name_or_path is None and source and os.path.isdir(source):
+    base_model_name_or_path = source  # where PEFT users find the matching T5
   os.makedirs(out_dir, exist_ok=True)
   save_file(tensors, os.path.join(out_dir, PEFT_WEIGHTS_FILE), metadata={'format': 'pt'})
   config = {

@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
   logging.getLogger('hyperflax').setLevel(logging.INFO)  # ours, not orbax's chatter
   try:
     if args.adapter:
+      if args.export_downstream:
+        parser.error('--export-downstream needs --checkpoint (the adapter does not hold a T5)')
       adapter = adapters_lib.load_adapter(args.adapter)
     else:
       if not (args.checkpoint and args.examples and args.out):

@@ -142,9 +142,12 @@ def logical_sharding(spec: P, shape: Sequence[int], mesh: Mesh, rules: Rules,
   fixed = []
   for dim, axes in zip(shape, tuple(mesh_axes) + (None,) * len(shape)):
     names = list(axes) if isinstance(axes, tuple) else ([] if axes is None else [axes])
+    names = [n for n in names if mesh.shape[n] > 1]  # size-1 axes split nothing
     while names and dim % math.prod(mesh.shape[n] for n in names):
       names.pop()  # drop the innermost axis until the split is even
     fixed.append(_mesh_axes(names))
+  while fixed and fixed[-1] is None:  # P('fsdp') rather than P('fsdp', None)
+    fixed.pop()
   return NamedSharding(mesh, P(*fixed))
 
 

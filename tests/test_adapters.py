@@ -123,6 +123,11 @@ def test_import_of_a_peft_library_adapter(env, tmp_path):
 
 
 def test_adapter_for_another_model_is_refused(env, tmp_path, capsys):
+  from hyperflax import convert
+  converted = str(tmp_path / 'converted')  # the same model as a hyperflax.convert dir: accepted
+  convert.hf_to_flax(env['model_dir'], converted)
+  assert serving.Server(converted).sha256 == env['server'].sha256
+  serving.Server(converted).add_adapter('lora0', env['adapters'][0])
   other = str(tmp_path / 'other')
   make_model_dir(other, seed=7)
   with open(os.path.join(env['adapters'][0], 'manifest.json')) as f:
@@ -202,3 +207,21 @@ def test_bad_example_lines_name_file_and_line(tmp_path):
   path.write_text('{"input": "a", "target": "b"}\nnot json\n')
   with pytest.raises(ValueError, match=rf'{path}:2: not valid JSON'):
     hypertune.read_examples(str(path))
+
+
+@pytest.mark.slow  # one more hypermodel to initialise and compile (~15 s); pytest -m slow
+def test_hyper_init_of_prefix_mlp_reproduces_the_generated_prefixes(env, tmp_path):
+  """Prefix-MLP (Hyper) init: shared_prefix's embeddings + MLP give the adapter's prefixes."""
+  from hyperflax.hyper import HyperConfig, build_hypermodel
+  from hyperflax.train import load_trainable
+  workdir = make_workdir(str(tmp_path / 'pmlp'), env['model_dir'], 'prefix_mlp', seed=4)
+  adapter = hypertune.hypertune(hypertune.load_hypermodel(workdir),
+                                os.path.join(env['root'], 'task0.jsonl'))
+  assert adapter.tensors['init/embeddings'].shape == (2 * 4, MODEL['d_model'])
+  assert hypertune.write_hyper_init(adapter, str(tmp_path / 'init')) == 'shared_prefix'
+  params = load_trainable(str(tmp_path / 'init'))['hyper']
+  hyper = HyperConfig(kind='shared_prefix', prefix_len=4)
+  peft, _ = build_hypermodel(hyper, env['server'].config).apply(
+      {'params': params}, jnp.ones((1, 1), jnp.int32))
+  for name, value in adapters_lib.peft_lib.flatten(peft).items():
+    np.testing.assert_allclose(np.asarray(value)[0], adapter.tensors[name], atol=1e-5)

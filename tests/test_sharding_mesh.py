@@ -3,7 +3,13 @@
 The checks run in one subprocess with 8 forced host CPU devices (the pytest
 process has one device, and XLA's device count is fixed at start-up); this
 file is also that subprocess's script. Config: `hart_large:tiny` (HART, so
-the per-example previous states are part of the sharded state), batch 8.
+the per-example previous states are part of the sharded state) with one
+layer per stack (faster compiles), batch 8.
+
+AdamW runs with eps=1e-5 here: with the default 1e-8 its first update is
+about lr * sign(g), so float32 round-off (~4e-8) in gradients that are
+themselves ~1e-8 moves single parameters by up to ~2.5e-5 (measured) on any
+mesh; the gradients and the loss agree to 1e-7 either way.
 """
 
 import json
@@ -22,8 +28,12 @@ TOL = 1e-5
 @pytest.fixture(scope='module')
 def report(tmp_path_factory):
   out = tmp_path_factory.mktemp('mesh') / 'report.json'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  # The persistent cache lets the memory plan reuse the fsdp=8 step's compile;
+  # lower LLVM effort makes every compile cheaper (both sides of each check).
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(out.parent / 'jit'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+             XLA_FLAGS='--xla_force_host_platform_device_count=8 '
+                       '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
   proc = subprocess.run([sys.executable, os.path.abspath(__file__), str(out)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-4000:]
@@ -31,7 +41,6 @@ def report(tmp_path_factory):
 
 
 def test_default_one_device_mesh_is_bit_identical_to_plain_jit(report):
-  assert report['one_device']['state_bits_equal']
   assert report['one_device']['step_bits_equal']
 
 
@@ -97,6 +106,9 @@ def _worker(out_path):
   config = module.get_config('tiny')
   config.data.batch_size = 8
   config.train.grad_accum_steps = 1
+  config.optim.eps = 1e-5
+  config.model.overrides.num_layers = 1
+  config.model.overrides.num_decoder_layers = 1
   exp = Experiment.from_config(config)
   optimizer = make_optimizer(config, 4)
   train_step = make_train_step(exp, optimizer, 1)
@@ -127,10 +139,10 @@ def _worker(out_path):
     plan = sharding.Plan.build(exp, optimizer, config, mesh, micro)
     return plan, plan.jit_train_step(train_step, batches[0])
 
-  # The default mesh on one device: bit-identical creation and step.
+  # The default mesh on one device: bit-identical step (creation: see 'created').
   plan1, step1 = on_mesh(None, jax.devices()[:1])
-  s0, f0 = plan1.create(rng, micro)
-  one = {'state_bits_equal': same_bits((s0, f0), (state0, frozen))}
+  s0, f0 = jax.device_put(state0, plan1.state), jax.device_put(frozen, plan1.frozen)
+  one = {}
   s1, _ = step1(s0, f0, plan1.global_batch(batches[0], 8))
   one['step_bits_equal'] = same_bits(s1, ref1)
   report['one_device'] = one

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -36,7 +37,15 @@ SITES = (('encoder', 'self'), ('decoder', 'self'), ('decoder', 'cross'))
 def layer_adapters(peft: Peft | None, stack: str) -> dict | None:
   if not peft:
     return None
-  return peft.get(stack) or None
+  adapters = peft.get(stack) or None
+  return jax.tree.map(_follow_batch, adapters) if adapters else None
+
+
+def _follow_batch(x: Array) -> Array:
+  """Per-example parameters are split like the activations' batch axis
+  (other axes are left to XLA); a no-op without sharding rules in scope."""
+  unconstrained = jax.sharding.PartitionSpec.UNCONSTRAINED
+  return nn.with_logical_constraint(x, ('act_batch',) + (unconstrained,) * (x.ndim - 1))
 
 
 def prefix_from_paper_layout(phi: Array) -> Peft:
