@@ -35,7 +35,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from train_throughput import _flops, interleave, paired_ratio  # noqa: E402
+from train_throughput import interleave, paired_ratio, xla_flops  # noqa: E402
 
 CONTESTANTS = (('T5-MTF-Few-shot', 't5_mtf_fewshot', 'prefix'),
                ('HyperT5-Prefix', 'hypermodel', 'prefix'),
@@ -65,7 +65,7 @@ def build(method: str, kind: str, seed: int = 0):
     state, metrics = step(state, frozen, batch)
     return float(metrics['loss'])  # blocks until the step is done
 
-  return run, host, n_train, n_frozen, _flops(step)
+  return run, host, n_train, n_frozen, xla_flops(step)
 
 
 def main(argv=None) -> None:

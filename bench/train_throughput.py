@@ -86,7 +86,8 @@ def make_batch(cfg: T5Config, batch: int, in_len: int, tgt_len: int, seed: int =
           'target_weights': np.ones(tgt.shape, np.float32)}
 
 
-def _flops(compiled) -> float:
+def xla_flops(compiled) -> float:
+  """FLOPs of a compiled XLA program, from its cost analysis."""
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: one per module
   return float(cost.get('flops', float('nan')))
@@ -96,6 +97,14 @@ class Pair:
   """Our and torch's training step on the same weights and batch.
 
   Building it runs two steps of each (the sanity check; also the warm-up).
+
+  Args:
+    cfg: the model (dropout must be 0 for the two to compute the same thing).
+    batch, in_len, tgt_len: batch shape (random unpadded tokens).
+    seed: torch init and batch seed.
+    lr: constant AdamW learning rate of both.
+    grad_variant: also compile our forward + backward alone (no update).
+    with_torch: also build the torch step (False: ours only).
 
   Attributes:
     losses: {'ours'|'torch': [loss at step 0, loss at step 1]}.
@@ -130,7 +139,7 @@ class Pair:
     state = create_state(exp, opt, {'downstream': params}, jax.random.PRNGKey(seed), None)
     jbatch = jax.tree.map(jnp.asarray, host)
     step = jax.jit(make_train_step(exp, opt), donate_argnums=0).lower(state, {}, jbatch).compile()
-    self.flops = {'step': _flops(step)}
+    self.flops = {'step': xla_flops(step)}
 
     def ours() -> float:
       nonlocal state
@@ -148,7 +157,7 @@ class Pair:
 
       grad = jax.jit(jax.value_and_grad(loss_fn)).lower(
           state.trainable['downstream'], jbatch).compile()
-      self.flops['fwd_bwd'] = _flops(grad)
+      self.flops['fwd_bwd'] = xla_flops(grad)
 
       def ours_grad() -> float:
         return float(jax.block_until_ready(grad(state.trainable['downstream'], jbatch))[0])
