@@ -83,6 +83,7 @@ def memory_plan(config, mesh, compile_step: bool = True) -> dict:
   import numpy as np
   from hyperflax import sharding
   from hyperflax.training.experiment import Experiment
+  from hyperflax.training.sharded import Plan
   from hyperflax.training.optim import make_optimizer
   from hyperflax.training.step import make_train_step
   exp = Experiment.from_config(config)
@@ -90,7 +91,7 @@ def memory_plan(config, mesh, compile_step: bool = True) -> dict:
   accum = int(config.train.get('grad_accum_steps', 1))
   batch = abstract_batch(config, exp)
   micro = {k: np.zeros((v.shape[0] // accum,) + v.shape[1:], v.dtype) for k, v in batch.items()}
-  plan = sharding.Plan.build(exp, optimizer, config, mesh, micro)
+  plan = Plan.build(exp, optimizer, config, mesh, micro)
   st, sh = plan.abstract_state, plan.state
   out = {
       'devices': int(mesh.size), 'mesh': dict(mesh.shape),

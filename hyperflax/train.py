@@ -19,7 +19,6 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -27,6 +26,7 @@ from hyperflax import sharding
 from hyperflax.training import checkpointing, reporting
 from hyperflax.training.experiment import Experiment
 from hyperflax.training.optim import make_optimizer
+from hyperflax.training.sharded import Plan
 from hyperflax.training.step import make_train_step
 
 STEP_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets', 'target_weights')
@@ -127,7 +127,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   first = next(train_stream(config, exp, 0, rows))
   # Global shapes only: `create_state` sizes HART's previous states from them.
   micro = {k: np.zeros((batch_rows // accum,) + v.shape[1:], v.dtype) for k, v in first.items()}
-  plan = sharding.Plan.build(exp, optimizer, config, mesh, micro)
+  plan = Plan.build(exp, optimizer, config, mesh, micro)
   state, frozen = plan.create(rng, micro, hyper_params)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
                                     keep=config.train.keep_checkpoints)
@@ -157,9 +157,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         m = jax.device_get(metrics)
         reporter.write(done, {k: v for k, v in m.items() if k != 'tokens'}, tokens)
         tokens = 0
-      if done % config.train.checkpoint_every == 0 or done == num_steps or preemption.requested:
+      stop = preemption.requested
+      if jax.process_count() > 1:  # all hosts must save (together) and stop at one step
+        from jax.experimental import multihost_utils
+        stop = bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
+      if done % config.train.checkpoint_every == 0 or done == num_steps or stop:
         ckpt.save(done, state, _meta(config, done))
-      if preemption.requested:
+      if stop:
         ckpt.wait()
         logging.warning('saved step %d after SIGTERM; exiting', done)
         sys.exit(0)

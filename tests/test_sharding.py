@@ -101,7 +101,8 @@ def test_full_size_parameters_all_have_rules_and_fsdp8_is_near_ideal(name):
   from hyperflax.training.experiment import Experiment
   exp = Experiment.from_config(load(name))
   mesh = abstract_mesh(fsdp=8)
-  shapes = jax.eval_shape(sharding.init_fn(exp), jax.random.PRNGKey(0))
+  from hyperflax.training.sharded import init_fn
+  shapes = jax.eval_shape(init_fn(exp), jax.random.PRNGKey(0))
   axes = exp.param_axes()
   total = per_device = 0
   for tree in shapes:

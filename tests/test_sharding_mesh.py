@@ -67,6 +67,12 @@ def test_frozen_downstream_sharded_differently(report):
   assert 'fsdp' in specs['trainable_embedding'] and 'fsdp' not in specs['frozen_embedding']
 
 
+def test_eval_step_on_8_devices_equals_1_device(report):
+  r = report['eval']
+  assert r['out_spec'] == "P(('data', 'fsdp'),)"   # scores stay split like the batch
+  assert r['max_rel_diff'] <= TOL
+
+
 def test_checkpoint_saved_on_one_mesh_restores_on_another(report):
   r = report['cross_mesh']
   assert r['restored_bits_equal']           # the fsdp=8 state, read onto data2/fsdp2/tensor2
@@ -96,8 +102,9 @@ def _worker(out_path):
   from hyperflax.train import train_stream
   from hyperflax.training.checkpointing import Checkpointer
   from hyperflax.training.experiment import Experiment
+  from hyperflax.training.sharded import Plan
   from hyperflax.training.optim import make_optimizer
-  from hyperflax.training.step import create_state, make_train_step
+  from hyperflax.training.step import create_state, make_score_step, make_train_step
   assert jax.device_count() == 8
 
   spec = importlib.util.spec_from_file_location('c', os.path.join(ROOT, 'configs/hart_large.py'))
@@ -136,7 +143,7 @@ def _worker(out_path):
 
   def on_mesh(mesh_spec, devices, config=config):
     mesh = sharding.make_mesh(mesh_spec, devices)
-    plan = sharding.Plan.build(exp, optimizer, config, mesh, micro)
+    plan = Plan.build(exp, optimizer, config, mesh, micro)
     return plan, plan.jit_train_step(train_step, batches[0])
 
   # The default mesh on one device: bit-identical step (creation: see 'created').
@@ -193,6 +200,13 @@ def _worker(out_path):
       cross.update(max_param_diff_after_next_step=max_diff(nxt.trainable, ref2.trainable),
                    loss_next_step=float(m2['loss']), reference_loss_next_step=float(ref_m2['loss']))
       report['cross_mesh'] = cross
+      score = make_score_step(exp)
+      want = np.asarray(jax.jit(score)(state0.trainable, frozen, batches[0]))
+      trainable = jax.device_put(state0.trainable, plan.state.trainable)
+      got = plan.jit_eval_step(score, batches[0])(trainable, frz,
+                                                  plan.global_batch(batches[0], 8))
+      report['eval'] = {'out_spec': str(got.sharding.spec), 'max_rel_diff': float(
+          np.max(np.abs(np.asarray(got) - want) / np.maximum(np.abs(want), 1.0)))}
 
   report['plan_fsdp8'] = plan_lib.memory_plan(config, sharding.make_mesh({'fsdp': 8}))
   with open(out_path, 'w') as f:
