@@ -106,6 +106,9 @@ def memory_plan(config, mesh, compile_step: bool = True) -> dict:
   out['ratio'] = (out['trainable'] + out['frozen'] + out['optimizer']) / out['ideal']
   batch_sh = sharding.batch_shardings(batch, mesh)
   out['batch'] = _bytes(batch, batch_sh)
+  # `train` refuses micro batches that the batch shards do not split evenly.
+  out['micro_rows_per_device'] = micro['targets'].shape[0] / (mesh.shape['data'] *
+                                                               mesh.shape['fsdp'])
   if compile_step:
     step = plan.jit_train_step(make_train_step(exp, optimizer, accum), batch)
     args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
@@ -130,6 +133,9 @@ def format_plan(plan: dict, capacity: int | None = None) -> str:
   lines.append(f"  params+opt are {plan['ratio']:.3f}x the ideal {gib(plan['ideal']).strip()} "
                f"(total {gib(plan['total_params'] + plan['total_optimizer']).strip()} / "
                f"{plan['devices']})")
+  if plan['micro_rows_per_device'] != int(plan['micro_rows_per_device']):
+    lines.append(f"  WARNING: {plan['micro_rows_per_device']:.3g} micro-batch rows per device: "
+                 'lower train.grad_accum_steps (or change the mesh) for an even split')
   if capacity and 'xla_peak' in plan:
     verdict = 'fits' if plan['xla_peak'] <= capacity else 'does NOT fit'
     lines.append(f'  peak {gib(plan["xla_peak"]).strip()} {verdict} in {gib(capacity).strip()}')

@@ -120,9 +120,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = sharding.make_mesh(config)
   batch_rows = int(config.data.batch_size)
   shards = mesh.shape['data'] * mesh.shape['fsdp']
-  if batch_rows % shards:
-    raise ValueError(f'data.batch_size={batch_rows} must be divisible by the batch shards '
-                     f'data*fsdp={shards} of mesh {dict(mesh.shape)}')
+  if batch_rows % (shards * accum):  # every micro batch is split evenly
+    raise ValueError(f'data.batch_size={batch_rows} must be divisible by grad_accum_steps='
+                     f'{accum} times the batch shards data*fsdp={shards} of mesh '
+                     f'{dict(mesh.shape)}')
   rows = sharding.process_rows(batch_rows, mesh)
   first = next(train_stream(config, exp, 0, rows))
   # Global shapes only: `create_state` sizes HART's previous states from them.

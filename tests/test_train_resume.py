@@ -51,6 +51,12 @@ def _wait_for(path_glob, proc, timeout=400):
   return False
 
 
+def _saved_steps(workdir):
+  """Finished checkpoint steps (orbax writes `N.orbax-checkpoint-tmp` first)."""
+  names = (os.path.basename(p) for p in glob.glob(os.path.join(workdir, 'checkpoints', '*')))
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def _assert_trees_equal(a, b):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(la) == len(lb) and la
@@ -78,8 +84,7 @@ def test_sigkill_then_rerun_ends_bit_exact(uninterrupted, tmp_path):
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == -signal.SIGKILL
-  steps_before = sorted(int(os.path.basename(p)) for p in
-                        glob.glob(os.path.join(workdir, 'checkpoints', '[0-9]*')))
+  steps_before = _saved_steps(workdir)
   assert steps_before and steps_before[-1] < 6  # really interrupted mid-run
   out = _run(workdir)
   assert 'resumed from step' in out.stderr
@@ -98,8 +103,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     if proc.poll() is None:
       proc.kill()
   assert proc.returncode == 0, out[-2000:]
-  saved = sorted(int(os.path.basename(p)) for p in
-                 glob.glob(os.path.join(workdir, 'checkpoints', '[0-9]*')))
+  saved = _saved_steps(workdir)
   assert saved and saved[-1] < 200 and saved[-1] % 100 != 0  # saved at the signal, not on schedule
   assert 'SIGTERM' in out
 
