@@ -33,234 +33,29 @@ queries themselves (the paper's protocol): the numbers are optimistic.
 Writes `results.json` and `results.md` (tuned, and at step 0) to `--workdir`.
 """
 
+
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
 from hyperflax import hyper as hyper_lib
-from hyperflax.hyper.losses import cross_entropy
-from hyperflax.model import T5, T5Config
-from hyperflax.model import peft as peft_lib
 from hyperflax.training.experiment import Experiment, t5_config_from
+from hyperflax.training.peft_init import (INIT_LABELS, INITS, METHOD_LABELS, METHODS,
+                                          SOURCE_KIND, GeneratorRun, Tuning, load_run,
+                                          make_tuner, minibatch_order, optimizer)
 
-Array = jax.Array
-METHODS = ('prefix', 'prefix_mlp', 'lora')
-INITS = ('random', 'shared', 'hyper')
-METHOD_LABELS = {'prefix': 'Prefix-Flat', 'prefix_mlp': 'Prefix-MLP', 'lora': 'LoRA'}
-INIT_LABELS = {'random': 'Rand Init', 'shared': 'Shared Init', 'hyper': 'Hyper Init'}
-# The generator kind that provides each (method, init).
-SOURCE_KIND = {('prefix', 'shared'): 'shared_prefix', ('prefix_mlp', 'shared'): 'shared_prefix',
-               ('lora', 'shared'): 'shared_lora', ('prefix', 'hyper'): 'prefix',
-               ('prefix_mlp', 'hyper'): 'prefix_mlp', ('lora', 'hyper'): 'lora'}
-_ONE_TOKEN = np.ones((1, 1), np.int32)  # the shared generators ignore their input
-
-
-@dataclasses.dataclass
-class GeneratorRun:
-  """A trained PEFT generator (hypermodel or shared baseline).
-
-  Attributes:
-    exp: its Experiment (method 'hypermodel').
-    params: its trained generator parameters (`trainable['hyper']`).
-    workdir: where it was loaded from ('' if built in memory).
-  """
-  exp: Experiment
-  params: Any
-  workdir: str = ''
-  _apply: Callable | None = dataclasses.field(default=None, repr=False)
-
-  @property
-  def kind(self) -> str:
-    return self.exp.hyper_config.kind
-
-  def generate(self, hyper_inputs) -> tuple[dict, dict]:
-    """(peft, aux) for `hyper_inputs` [B, T] (jitted once per run)."""
-    if self._apply is None:
-      self._apply = jax.jit(self.exp.hyper.apply)
-    return self._apply({'params': self.params}, jnp.asarray(hyper_inputs, jnp.int32))
-
-
-def load_run(workdir: str) -> GeneratorRun:
-  """Loads a `hyperflax.train` workdir of a hypermodel or shared baseline."""
-  from hyperflax.train import load_trainable
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir}: no config.json (not a hyperflax.train workdir)')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.get('method') != 'hypermodel':
-    raise ValueError(f'{path}: method={config.get("method")!r}; a PEFT generator run '
-                     "(method 'hypermodel') is needed")
-  exp = Experiment.from_config(config)
-  if exp.hyper_config.fusion_in_decoder:
-    raise ValueError(f'{path}: fusion_in_decoder generators change the downstream input; '
-                     'their PEFT alone cannot be tuned')
-  return GeneratorRun(exp, jax.tree.map(jnp.asarray, load_trainable(workdir)['hyper']), workdir)
-
-
-# ---- parameterisations --------------------------------------------------------
-
-def _split_lora(peft: dict) -> tuple[dict, dict]:
-  """LoRA slots -> (trainable {a, b}, fixed {gate}); a missing gate is 1."""
-  theta, fixed = {}, {}
-  for path, leaf in peft_lib.flatten(peft).items():
-    (fixed if path.endswith('/gate') else theta)[path] = leaf
-  for path, a in list(theta.items()):
-    if path.endswith('/a'):
-      fixed.setdefault(path[:-1] + 'gate', jnp.ones(a.shape[:2], a.dtype))
-  return peft_lib.unflatten(theta), peft_lib.unflatten(fixed)
-
-
-@dataclasses.dataclass
-class Tuning:
-  """One PEFT method for one frozen T5: initialisation, forward, train, score.
-
-  Attributes:
-    method: 'prefix', 'prefix_mlp' or 'lora'.
-    t5_config: the downstream config.
-    prefix_len: P (prefix methods).
-    lora_rank: R (LoRA).
-    head_hidden: the Prefix-MLP hidden width (None: d_model).
-  """
-  method: str
-  t5_config: T5Config
-  prefix_len: int = 8
-  lora_rank: int = 4
-  head_hidden: int | None = None
-
-  def __post_init__(self):
-    if self.method not in METHODS:
-      raise ValueError(f'method={self.method!r}; known: {METHODS}')
-    self.t5 = T5(self.t5_config)
-    self.mlp = hyper_lib.SharedPrefix(hyper_lib.HyperConfig(
-        kind='shared_prefix', prefix_len=self.prefix_len, head_hidden=self.head_hidden),
-        self.t5_config)
-    self.random_lora = hyper_lib.SharedLoRA(hyper_lib.HyperConfig(
-        kind='shared_lora', lora_rank=self.lora_rank), self.t5_config)
-
-  # (theta, fixed): theta is trained; fixed is part of the init (LoRA gates).
-  def peft(self, theta, fixed) -> dict:
-    """The one task's PEFT slots, batch axis 1."""
-    if self.method == 'prefix_mlp':
-      return self.mlp.apply({'params': theta}, _ONE_TOKEN)[0]
-    if self.method == 'lora':
-      return peft_lib.merge(theta, fixed)
-    return theta
-
-  def initial(self, init: str, seed: int = 0, run: GeneratorRun | None = None,
-              hyper_inputs: Array | None = None) -> tuple[dict, dict]:
-    """(theta, fixed) of `init`; `run` is the generator of SOURCE_KIND[(method, init)],
-    `hyper_inputs` [1, T] the task's few-shot string (hyper init)."""
-    if init not in INITS:
-      raise ValueError(f'init={init!r}; known: {INITS}')
-    if init == 'random':
-      key = jax.random.PRNGKey(seed)
-      if self.method == 'lora':
-        params = self.random_lora.init(key, _ONE_TOKEN)['params']
-        return _split_lora(self.random_lora.apply({'params': params}, _ONE_TOKEN)[0])
-      params = nn.unbox(self.mlp.init(key, _ONE_TOKEN)['params'])
-      if self.method == 'prefix_mlp':
-        return params, {}
-      return self.mlp.apply({'params': params}, _ONE_TOKEN)[0], {}
-    want = SOURCE_KIND[(self.method, init)]
-    if run is None or run.kind != want:
-      raise ValueError(f'{self.method} ({init} init) needs a trained {want!r} generator, got '
-                       f'{None if run is None else run.kind!r}')
-    if init == 'shared':
-      if self.method == 'prefix_mlp':
-        return jax.tree.map(jnp.asarray, nn.unbox(run.params)), {}
-      peft, _ = run.generate(_ONE_TOKEN)
-      return _split_lora(peft) if self.method == 'lora' else (peft, {})
-    if hyper_inputs is None:
-      raise ValueError('hyper init needs the task\'s hyper_inputs')
-    peft, aux = run.generate(hyper_inputs[:1])
-    if self.method == 'prefix_mlp':
-      return hyper_lib.shared_prefix_from_hypermodel(run.params, aux['embeddings']), {}
-    return _split_lora(peft) if self.method == 'lora' else (peft, {})
-
-  # ---- pure functions ----------------------------------------------------------
-
-  def logits(self, theta, fixed, downstream, batch) -> Array:
-    """[B, T, V] logits of the frozen T5 with the task's PEFT on every row."""
-    peft = peft_lib.broadcast_to_batch(self.peft(theta, fixed), batch['encoder_inputs'].shape[0])
-    return self.t5.apply({'params': downstream}, batch['encoder_inputs'],
-                         batch['decoder_inputs'], peft=peft, deterministic=True)
-
-  def loss(self, theta, fixed, downstream, batch) -> Array:
-    loss_sum, weight_sum = cross_entropy(self.logits(theta, fixed, downstream, batch),
-                                         batch['targets'], batch['target_weights'])
-    return loss_sum / jnp.maximum(weight_sum, 1.0)
-
-  def score(self, tuned: dict, downstream, batch) -> Array:
-    """[B] summed target log-likelihood (as `step.make_score_step`)."""
-    logits = self.logits(tuned['theta'], tuned['fixed'], downstream, batch)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    tok = jnp.take_along_axis(logp, batch['targets'][..., None].astype(jnp.int32), -1)[..., 0]
-    return jnp.sum(tok * batch['target_weights'], axis=-1)
-
-  def generate(self, tuned: dict, downstream, batch, max_decode_length: int) -> Array:
-    from hyperflax.model.decoding import greedy_decode
-    peft = peft_lib.broadcast_to_batch(self.peft(tuned['theta'], tuned['fixed']),
-                                       batch['encoder_inputs'].shape[0])
-    return greedy_decode(self.t5_config, downstream, batch['encoder_inputs'],
-                         max_decode_length, peft=peft)
-
-
-def optimizer(learning_rate, total_steps: int, schedule: str = 'constant',
-              weight_decay: float = 0.0) -> optax.GradientTransformation:
-  """AdamW after clipping to norm 1; `learning_rate` may be traced (one compile per sweep)."""
-  if schedule == 'linear':
-    learning_rate = optax.linear_schedule(learning_rate, 0.0, max(1, total_steps))
-  elif schedule != 'constant':
-    raise ValueError(f'schedule={schedule!r}; known: constant, linear')
-  return optax.chain(optax.clip_by_global_norm(1.0),
-                     optax.adamw(learning_rate, weight_decay=weight_decay))
-
-
-def make_tuner(tuning: Tuning, total_steps: int, schedule: str = 'constant',
-               weight_decay: float = 0.0) -> tuple[Callable, Callable]:
-  """Jitted `init_opt(theta, lr)` and `tune(theta, opt_state, fixed, downstream,
-  pool, order [S, B] int32, lr) -> (theta, opt_state, losses [S])`: S steps of
-  minibatches `pool[order[s]]`, one `lax.scan`, compiled once per shape."""
-  grad_fn = jax.value_and_grad(tuning.loss)
-
-  def init_opt(theta, lr):
-    return optimizer(lr, total_steps, schedule, weight_decay).init(theta)
-
-  def tune(theta, opt_state, fixed, downstream, pool, order, lr):
-    opt = optimizer(lr, total_steps, schedule, weight_decay)
-
-    def body(carry, idx):
-      theta, opt_state = carry
-      loss, grads = grad_fn(theta, fixed, downstream, jax.tree.map(lambda x: x[idx], pool))
-      updates, opt_state = opt.update(grads, opt_state, theta)
-      return (optax.apply_updates(theta, updates), opt_state), loss
-
-    (theta, opt_state), losses = jax.lax.scan(body, (theta, opt_state), order)
-    return theta, opt_state, losses
-
-  return jax.jit(init_opt), jax.jit(tune)
-
-
-def minibatch_order(num_examples: int, steps: int, batch_size: int, seed: int) -> np.ndarray:
-  """[steps, batch] example indices: shuffled epochs, a pure function of the seed."""
-  rng = np.random.default_rng(seed)
-  flat = np.concatenate([rng.permutation(num_examples)
-                         for _ in range(-(-steps * batch_size // num_examples))])
-  return flat[:steps * batch_size].reshape(steps, batch_size).astype(np.int32)
+__all__ = ['GeneratorRun', 'INITS', 'METHODS', 'SOURCE_KIND', 'Tuning', 'load_run',
+           'load_tasks', 'make_tuner', 'minibatch_order', 'optimizer', 'run_sweep',
+           'summarise', 'format_table', 'train_pool', 'task_hyper_inputs']
 
 
 # ---- tasks ----------------------------------------------------------------------

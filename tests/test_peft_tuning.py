@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +11,8 @@ import pytest
 from hyperflax import evaluate as eval_lib
 from hyperflax import peft_tuning as pt
 from hyperflax.demo import stage_config
-from hyperflax.hyper import HyperConfig, cross_entropy, init_hypermodel
-from hyperflax.hyper.testing import random_t5_params
+from hyperflax.hyper import HyperConfig, abstract_params, cross_entropy
+from hyperflax.hyper.testing import FAST_COMPILE, random_t5_params
 from hyperflax.model import T5, preset
 from hyperflax.model import peft as peft_lib
 from hyperflax.training.experiment import Experiment
@@ -45,26 +46,38 @@ def _tuning(method):
   return pt.Tuning(method, T5C, **SIZES)
 
 
+def _jit(fn):
+  return jax.jit(fn, compiler_options=FAST_COMPILE)
+
+
 def _run(kind) -> pt.GeneratorRun:
-  """A random generator with every parameter perturbed (LoRA gates open)."""
+  """A random generator drawn in numpy (no init compile); LoRA gates open."""
   hyper = HyperConfig(kind=kind, decoder_layers=1, **SIZES)
-  params = init_hypermodel(hyper, T5C, jax.random.PRNGKey(1), t5_params=_frozen())
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
-  leaves = [x + 0.05 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)]
-  params = jax.tree.unflatten(treedef, leaves)
-  if kind == 'lora':
-    params = {k: (jnp.full_like(v, 0.7) if k.endswith('_gate') else v) for k, v in params.items()}
-  return pt.GeneratorRun(Experiment(_config(kind), T5C, hyper), params)
+  rng = np.random.default_rng(1)
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("_gate']"):
+      return jnp.full(leaf.shape, 0.7, jnp.float32)
+    if 'scale' in name:
+      return jnp.asarray(1 + 0.1 * rng.standard_normal(leaf.shape), jnp.float32)
+    std = leaf.shape[0] ** -0.5 if leaf.ndim >= 2 and 'embed' not in name else 0.5
+    return jnp.asarray(std * rng.standard_normal(leaf.shape), jnp.float32)
+
+  shapes = nn.unbox(abstract_params(hyper, T5C))
+  params = jax.tree_util.tree_map_with_path(draw, shapes)
+  return pt.GeneratorRun(Experiment(_config(kind), T5C, hyper), params,
+                         compiler_options=FAST_COMPILE)
 
 
-def _pool_loss(peft, pool):
+@_jit
+def _pool_loss(frozen, peft, pool):
   """Mean token loss of the frozen T5 with `peft` (batch 1) on every pool row."""
   batch = pool['targets'].shape[0]
-  logits = T5(T5C).apply({'params': _frozen()}, pool['encoder_inputs'], pool['decoder_inputs'],
+  logits = T5(T5C).apply({'params': frozen}, pool['encoder_inputs'], pool['decoder_inputs'],
                          peft=peft_lib.broadcast_to_batch(peft, batch))
   loss_sum, weight_sum = cross_entropy(logits, pool['targets'], pool['target_weights'])
-  return float(loss_sum / weight_sum)
+  return loss_sum / weight_sum
 
 
 def _row_scores(task, score_fn, trainable, frozen):
@@ -77,16 +90,16 @@ def test_tuning_lowers_the_training_loss_and_compiles_once():
   pool = jax.tree.map(jnp.asarray, pt.train_pool(_task('zero_shot')))
   assert pool['targets'].shape[0] == 16  # the task's K demonstrations
   steps = 6
-  init_opt, tune = pt.make_tuner(tuning, steps)
+  init_opt, tune = pt.make_tuner(tuning, steps, compiler_options=FAST_COMPILE)
   theta0, fixed = tuning.initial('random', seed=0)
   order = pt.minibatch_order(16, steps, 8, seed=0)
-  before = _pool_loss(tuning.peft(theta0, fixed), pool)
+  before = _pool_loss(_frozen(), tuning.peft(theta0, fixed), pool)
   for lr in (1e-1, 1e-2):
     theta, _, losses = tune(theta0, init_opt(theta0, jnp.float32(lr)), fixed, _frozen(), pool,
                             order, jnp.float32(lr))
     assert losses.shape == (steps,)
-    after = _pool_loss(tuning.peft(theta, fixed), pool)
-    assert after < before - 0.05, (lr, before, after)
+    after = _pool_loss(_frozen(), tuning.peft(theta, fixed), pool)
+    assert float(after) < float(before) - 0.05, (lr, before, after)
   assert tune._cache_size() == 1  # one compile for the whole learning-rate sweep
 
 
@@ -95,12 +108,12 @@ def test_hyper_init_at_step_zero_scores_as_the_hypermodel(method):
   run = _run(pt.SOURCE_KIND[(method, 'hyper')])
   hyper_task, task = _task('hyper'), _task('zero_shot')
   # The hypermodel path: the trainer's scorer generating the adapter from the demos.
-  want = _row_scores(hyper_task, jax.jit(make_score_step(run.exp)), {'hyper': run.params},
+  want = _row_scores(hyper_task, _jit(make_score_step(run.exp)), {'hyper': run.params},
                      {'downstream': _frozen()})
   tuning = _tuning(method)
   theta, fixed = tuning.initial('hyper', run=run,
                                 hyper_inputs=jnp.asarray(pt.task_hyper_inputs(hyper_task)))
-  got = _row_scores(task, jax.jit(tuning.score), {'theta': theta, 'fixed': fixed}, _frozen())
+  got = _row_scores(task, _jit(tuning.score), {'theta': theta, 'fixed': fixed}, _frozen())
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
   assert np.ptp(want) > 0.1  # not a degenerate comparison
 
@@ -120,8 +133,8 @@ def test_random_lora_is_the_frozen_model():
     return jnp.sum(tok * batch['target_weights'], -1)
 
   task = _task('zero_shot')
-  want = _row_scores(task, jax.jit(plain), None, _frozen())
-  got = _row_scores(task, jax.jit(tuning.score), {'theta': theta, 'fixed': fixed}, _frozen())
+  want = _row_scores(task, _jit(plain), None, _frozen())
+  got = _row_scores(task, _jit(tuning.score), {'theta': theta, 'fixed': fixed}, _frozen())
   np.testing.assert_array_equal(got, want)
 
 
