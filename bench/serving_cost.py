@@ -99,13 +99,18 @@ def _concrete(abstract, rng):
   return jax.tree.map(make, abstract)
 
 
-def _hyper_flops(config, demo_len) -> float:
-  """One-time cost: the HyperT5-LoRA pass over K=16 demonstrations (batch 1)."""
+def _hyper_fn(config, kind='lora'):
+  """(jitted pass writing the adapter from demo tokens, abstract hypermodel params)."""
   from hyperflax.hyper import HyperConfig, abstract_params as hyper_abstract, build_hypermodel
-  hyper = HyperConfig(kind='lora', lora_rank=LORA_RANK, dtype=config.dtype)
+  hyper = HyperConfig(kind=kind, lora_rank=LORA_RANK, prefix_len=PREFIX_LEN, dtype=config.dtype)
   module = build_hypermodel(hyper, config)
   params = nn.unbox(hyper_abstract(hyper, config))
-  fn = jax.jit(lambda p, x: module.apply({'params': p}, x)[0])
+  return jax.jit(lambda p, x: module.apply({'params': p}, x)[0]), params
+
+
+def _hyper_flops(config, demo_len) -> float:
+  """One-time cost: the HyperT5-LoRA pass over K=16 demonstrations (batch 1)."""
+  fn, params = _hyper_fn(config, 'lora')
   return _flops(fn.lower(params, S((1, demo_len), jnp.int32)).compile())
 
 
@@ -120,18 +125,22 @@ def _random_params(config, seed, fast):
 
 
 def measure(name, config, *, batch, demo_len, query_len, target_len, reps, latency=True,
-            warmup=True, fast_init=False, seed=0):
+            warmup=True, fast_init=False, seed=0, paths=None):
   """Rows of (path, encoder tokens, FLOPs per query, latency per query in s or None).
 
+  `paths` (name -> (encoder length, peft shapes, fusion length)) replaces the
+  default `_paths(...)`.
+
   Every path is compiled first; timed calls then go round-robin over the paths
-  and each path reports its median, so load from other processes and
+  (shuffled each round) and each path reports its median, so load from other processes and
   first-call effects do not favour whichever path runs last.
   """
   score = jax.jit(_score_fn(config))
   params_shape = nn.unbox(abstract_params(config))
   rng = np.random.default_rng(seed)
   compiled = {}
-  for path, (enc_len, peft, fusion_len) in _paths(config, batch, demo_len, query_len).items():
+  paths = paths or _paths(config, batch, demo_len, query_len)
+  for path, (enc_len, peft, fusion_len) in paths.items():
     t0 = time.perf_counter()
     inputs = _abstract_inputs(config, batch, enc_len, target_len, peft, fusion_len)
     compiled[path] = (enc_len, inputs, score.lower(params_shape, *inputs).compile())
@@ -141,8 +150,11 @@ def measure(name, config, *, batch, demo_len, query_len, target_len, reps, laten
   if latency:
     params = _random_params(config, seed, fast_init)
     args = {path: _concrete(inputs, rng) for path, (_, inputs, _) in compiled.items()}
+    order = list(compiled)
     for rep in range(reps + int(warmup)):
-      for path, (_, _, fn) in compiled.items():
+      rng.shuffle(order)  # a fresh order each round: no path always follows the slowest
+      for path in order:
+        fn = compiled[path][2]
         start = time.perf_counter()
         jax.block_until_ready(fn(params, *args[path]))
         if rep >= int(warmup):  # the executables are compiled: this warms caches only

@@ -10,7 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'bench'))
 
 
-@pytest.mark.parametrize('script', ['train_throughput.py', 'fewshot_step.py'])
+@pytest.mark.parametrize('script', ['train_throughput.py', 'fewshot_step.py',
+                                    'hypertuning_cost.py'])
 def test_help(script):
   out = subprocess.run([sys.executable, os.path.join(ROOT, 'bench', script), '--help'],
                        capture_output=True, text=True, timeout=60)
@@ -28,3 +29,24 @@ def test_step0_loss_matches_torch():
   ours, ref = train_throughput.step0_losses(cfg, batch=2, in_len=12, tgt_len=6)
   assert abs(ours - ref) <= 1e-4, (ours, ref)
   assert ours > 1.0  # a real cross-entropy over 320 tokens, not a degenerate zero
+
+
+def test_hypertuning_cost_break_even_on_tiny():
+  """Lowered-HLO FLOPs on tiny: adapters cost ~zero-shot, few-shot grows with K, and N* is
+  generation / (few-shot - adapter)."""
+  import hypertuning_cost as hc
+  import serving_cost as sc
+  from hyperflax.model import preset
+  config, ks = preset('tiny', dropout_rate=0.0), (1, 16)
+  per_query = hc.lowered_flops(config, hc.query_paths(config, 1, 16, ks, 12), target_len=8)
+  hyper_fn = sc._hyper_fn(config, 'lora')
+  generation = {kind: {k: hc.generation_cost(hyper_fn, 12 * k, reps=0)[0] for k in ks}
+                for kind in hc.ADAPTERS}
+  rows = hc.summarise(per_query, generation, ks)
+  for r in rows:
+    assert 1.0 <= r['lora_x_zero_shot'] < 1.05 and 1.0 <= r['prefix_x_zero_shot'] < 1.05
+    assert r['lora_break_even'] == pytest.approx(
+        r['lora_generation'] / (r['fewshot'] - r['lora']))
+  assert rows[1]['fewshot'] > 2 * rows[0]['fewshot'] > 2 * rows[0]['zero_shot']
+  assert rows[1]['lora_generation'] > rows[0]['lora_generation'] > 0
+  assert hc.break_even(1.0, 2.0, 2.0) == float('inf') and hc.break_even(None, 2, 1) is None
