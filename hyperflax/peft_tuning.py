@@ -158,6 +158,8 @@ def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METH
   sizes = _sizes(config, runs, methods)
   tasks = load_tasks(config, split, 'zero_shot', tasks_per_group)
   hyper_tasks = load_tasks(config, split, 'hyper', tasks_per_group) if 'hyper' in inits else None
+  if hyper_tasks and [t.name for t in hyper_tasks] != [t.name for t in tasks]:
+    raise AssertionError('the hyper-mode and zero-shot task lists differ')
   eval_batch = int(config.eval.batch_size)
   max_decode = int(config.eval.get('max_decode_length', 32))
   records = []
