@@ -25,14 +25,15 @@ classification (`evaluate.evaluate_task`). Methods x initialisations:
                 per-layer gate is kept fixed (1, or HyperT5-LoRA's tanh gate).
 
 Each (method, init) is tuned at every learning rate and seed (AdamW, gradients
-clipped to norm 1, minibatches of the demonstrations drawn per seed). As the
+clipped to norm 1, constant rate by default, no dropout; the seed draws the
+random init and the minibatch order over the demonstrations). As the
 paper, the best learning rate is chosen per method-task pair on the mean over
 seeds (`--select=average`: one per method/init); the table reports mean ± std
-over seeds of the per-column averages. The selection reads the evaluation
-queries themselves (the paper's protocol): the numbers are optimistic.
+over seeds of the per-column averages. There is no separate validation set:
+the learning rate is chosen on the reported queries, so the numbers are
+optimistic (as "best average result" in the paper).
 Writes `results.json` and `results.md` (tuned, and at step 0) to `--workdir`.
 """
-
 
 from __future__ import annotations
 
