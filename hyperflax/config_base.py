@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 32
   c.eval.max_decode_length = 128
   c.eval.lengths = ()
+  # Tasks with answer options are also answered by greedy generation (no
+  # options shown), scored by exact match: what the demonstrations taught
+  # about the output space, which rank classification hides.
+  c.eval.also_generate = False
   c.eval.options = ml_collections.ConfigDict()
   return c
 

@@ -30,9 +30,21 @@ from hyperflax.config_base import base_config
 # A T5 v1.1 small enough for two CPU cores.
 DEMO_T5 = dict(d_model=128, d_kv=32, d_ff=256, num_heads=4, num_layers=2,
                num_decoder_layers=2)
-KIND_LABELS = {'prefix': 'HyperT5-Prefix', 'lora': 'HyperT5-LoRA', 'hart': 'HART',
-               'prefix_mlp': 'HyperT5-Prefix-MLP', 'shared_prefix': 'T5-MTF (Prefix)',
-               'shared_lora': 'T5-MTF (LoRA)'}
+CHANCE = '38.9%'
+# Hypermodel variants: name -> (table label, generator kind, config overrides).
+VARIANTS = {
+    'prefix': ('HyperT5-Prefix', 'prefix', {}),
+    'lora': ('HyperT5-LoRA', 'lora', {}),
+    'hart': ('HART', 'hart', {}),
+    'prefix_mlp': ('HyperT5-Prefix-MLP', 'prefix_mlp', {}),
+    'shared_prefix': ('T5-MTF (Prefix)', 'shared_prefix', {}),
+    'shared_lora': ('T5-MTF (LoRA)', 'shared_lora', {}),
+    'hart_no_consistency': ('HART, no consistency loss', 'hart',
+                            {'hyper.consistency_alpha': 0.0}),
+    'hart_top_down': ('HART, top-down order', 'hart', {'hyper.generation_order': 'top_down'}),
+    'hart_random_order': ('HART, random order', 'hart', {'hyper.generation_order': 'random'}),
+}
+KIND_LABELS = {name: label for name, (label, _, _) in VARIANTS.items()}
 
 
 def plan(quick: bool = False) -> ml_collections.ConfigDict:
@@ -78,6 +90,7 @@ def stage_config(method: str, kind: str = 'prefix', steps: int = 100, seed: int 
   # generated once per task.
   c.eval.batch_size = 72
   c.eval.max_decode_length = 4
+  c.eval.also_generate = True
   c.eval.options = ml_collections.ConfigDict({'max_queries': 24,
                                               'heldout_tasks_per_family': 10})
   for key, value in overrides.items():
@@ -94,55 +107,80 @@ def _train(config, workdir):
   return train(config, workdir)
 
 
+METRICS = {'accuracy': 'rank-classification accuracy (%) — options shown',
+           'generated_exact_match': 'exact match (%) of greedy generation — no options shown'}
+
+
 def _evaluate(config, out, workdir, splits, label) -> dict:
+  """{metric: {split: task-average}} for the metrics of `METRICS`."""
   from hyperflax import evaluate
-  results = {}
+  results = {m: {} for m in METRICS}
   for split in splits:
     summary = evaluate.evaluate(config, out['experiment'], out['trainable'], out['frozen'],
                                 os.path.join(workdir, f'eval_{split}'), split, label)
-    results[split] = summary['average']
+    for m in METRICS:
+      results[m][split] = summary['average_metrics'][m]
   return results
 
 
-def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0) -> dict:
+def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed: int = 0,
+        fewshot: bool = True, overrides: dict | None = None, eval_splits=None) -> dict:
+  """Trains and scores every stage; returns {model: {metric: {split: value}}}.
+
+  `kinds` names entries of `VARIANTS`; `seed` seeds every stage (model
+  initialisation, data order, dropout); the synthetic tasks stay the same.
+  `overrides` ({'a.b': value}) apply to every few-shot stage's config (another
+  dataset: `data.name`, `eval.name`, `data.lengths`, ...) and `eval_splits`
+  replaces the synthetic suite's splits.
+  """
   p = plan(quick)
+  p.seed = seed
+  if eval_splits:
+    p.eval_splits = tuple(eval_splits)
+  common = dict(overrides or {})
   if kinds:
+    unknown = [k for k in kinds if k not in VARIANTS]
+    if unknown:
+      raise ValueError(f'unknown hypermodel variant(s) {unknown}; known: {sorted(VARIANTS)}')
     p.kinds = tuple(kinds)
   for key in ('downstream_steps', 'fewshot_steps', 'caclm_steps', 'mtf_steps'):
     p[key] = max(1, int(round(p[key] * scale)))
   os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
-  table: dict[str, dict[str, float]] = {}
+  table: dict[str, dict] = {}
 
   down_dir = os.path.join(workdir, 'downstream')
-  cfg = stage_config('t5_mtf', steps=p.downstream_steps, seed=p.seed)
+  cfg = stage_config('t5_mtf', steps=p.downstream_steps, seed=p.seed, **common)
   out = _train(cfg, down_dir)
   table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF')
   frozen_t5 = os.path.join(down_dir, 'downstream')
 
-  few_dir = os.path.join(workdir, 'fewshot')
-  cfg = stage_config('t5_mtf_fewshot', steps=p.fewshot_steps, seed=p.seed,
-                     **{'model.init_from': frozen_t5, 'data.lengths': (192, 16, 8)})
-  out = _train(cfg, few_dir)
-  table['T5-MTF-Few-shot'] = _evaluate(cfg, out, few_dir, p.eval_splits, 'T5-MTF-Few-shot')
+  if fewshot:
+    few_dir = os.path.join(workdir, 'fewshot')
+    cfg = stage_config('t5_mtf_fewshot', steps=p.fewshot_steps, seed=p.seed,
+                       **{'model.init_from': frozen_t5, **common})
+    out = _train(cfg, few_dir)
+    table['T5-MTF-Few-shot'] = _evaluate(cfg, out, few_dir, p.eval_splits, 'T5-MTF-Few-shot')
 
-  for kind in p.kinds:
-    caclm_dir = os.path.join(workdir, f'caclm_{kind}')
-    cfg = stage_config('hypermodel', kind, p.caclm_steps, p.seed,
-                       **{'model.init_from': frozen_t5, 'data.name': 'synthetic_caclm',
-                          'data.lengths': (), 'eval.name': ''})
-    _train(cfg, caclm_dir)
-    mtf_dir = os.path.join(workdir, f'mtf_{kind}')
-    cfg = stage_config('hypermodel', kind, p.mtf_steps, p.seed,
-                       **{'model.init_from': frozen_t5, 'hyper.init_from': caclm_dir})
+  for name in p.kinds:
+    label, kind, overrides = VARIANTS[name]
+    overrides = {**common, 'model.init_from': frozen_t5, **overrides}
+    if not kind.startswith('shared_'):  # the shared baselines read no text to pretrain on
+      caclm_dir = os.path.join(workdir, f'caclm_{name}')
+      cfg = stage_config('hypermodel', kind, p.caclm_steps, p.seed,
+                         **{**overrides, 'data.name': 'synthetic_caclm', 'data.lengths': (),
+                            'data.options': {},
+                            'eval.name': ''})
+      _train(cfg, caclm_dir)
+      overrides['hyper.init_from'] = caclm_dir
+    mtf_dir = os.path.join(workdir, f'mtf_{name}')
+    cfg = stage_config('hypermodel', kind, p.mtf_steps, p.seed, **overrides)
     out = _train(cfg, mtf_dir)
-    label = KIND_LABELS[kind]
     table[label] = _evaluate(cfg, out, mtf_dir, p.eval_splits, label)
 
-  from hyperflax.metrics import format_table
-  text = format_table(table, list(p.eval_splits))
-  header = (f'Held-out accuracy (%) on the synthetic suite, rank classification; '
-            f'{time.time() - t0:.0f}s on this machine\n\n')
+  text = tables(table, p.eval_splits)
+  header = (f'The synthetic suite, seed {p.seed}; chance: {CHANCE} rank classification, '
+            f'~0 generation for lookup/category; {time.time() - t0:.0f}s on this machine\n\n')
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(header + text + '\n')
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
@@ -151,11 +189,20 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0) -> di
   return table
 
 
+def tables(table: dict, splits) -> str:
+  """One markdown table per metric of `METRICS` (cells may be strings)."""
+  from hyperflax.metrics import format_table
+  return '\n\n'.join(
+      f'Held-out {what}:\n\n' + format_table({k: v[m] for k, v in table.items()}, list(splits))
+      for m, what in METRICS.items())
+
+
 def main(argv=None) -> None:
   from absl import app, flags
   flags.DEFINE_string('workdir', 'runs/demo', 'where every stage writes its workdir')
   flags.DEFINE_bool('quick', False, 'a few steps per stage (smoke test)')
-  flags.DEFINE_list('kinds', None, 'hypermodel kinds to train (default: prefix,lora,hart)')
+  flags.DEFINE_list('kinds', None, 'hypermodel variants to train (default: prefix,lora,hart; '
+                    f'known: {",".join(VARIANTS)})')
   flags.DEFINE_float('scale', 1.0, "multiply every stage's step count")
 
   def _run(_):

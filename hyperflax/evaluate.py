@@ -52,9 +52,27 @@ def _decode(tokenizer, ids) -> str:
   return tokenizer.decode([i for i in ids if i > 1])
 
 
-def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: int):
-  """Returns (metrics dict, prediction rows) for one evaluation task."""
+def _generate_texts(task, generate_fn, trainable, frozen, batch_size: int) -> list[str]:
+  texts = []
+  tokenizer = task.converter.tokenizer
+  for batch in task.batches(batch_size, scoring=False):
+    out = np.asarray(generate_fn(trainable, frozen, _device_batch(batch)))
+    for row, pad in zip(out, batch['is_padding']):
+      if not pad:
+        texts.append(_decode(tokenizer, row))
+  return texts
+
+
+def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: int,
+                  also_generate: bool = False):
+  """Returns (metrics dict, prediction rows) for one evaluation task.
+
+  With `also_generate`, tasks with options are also answered by greedy
+  generation (no options shown) and scored by exact match, reported as
+  `generated_exact_match`; their rows gain a `generated` field.
+  """
   rows, result = [], {}
+  generated = None
   if task.has_options:
     idx, opt, scores, pad = [], [], [], []
     for batch in task.batches(batch_size, scoring=True):
@@ -69,19 +87,20 @@ def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: in
     texts = [q.options[p] if p >= 0 else '' for q, p in zip(task.queries, pred)]
     if task.metric == 'macro_f1':
       result['macro_f1'] = metrics_lib.macro_f1(texts, [q.target for q in task.queries])
+    if also_generate:
+      generated = _generate_texts(task, generate_fn, trainable, frozen, batch_size)
+      refs = [list(q.all_references) for q in task.queries]
+      result['generated_exact_match'] = metrics_lib.compute_metrics(
+          generated, refs)['exact_match']
   else:
-    texts = []
-    tokenizer = task.converter.tokenizer
-    for batch in task.batches(batch_size, scoring=False):
-      out = np.asarray(generate_fn(trainable, frozen, _device_batch(batch)))
-      for row, pad in zip(out, batch['is_padding']):
-        if not pad:
-          texts.append(_decode(tokenizer, row))
+    texts = _generate_texts(task, generate_fn, trainable, frozen, batch_size)
     refs = [list(q.all_references) for q in task.queries]
     result.update(metrics_lib.compute_metrics(texts, refs))
-  for q, text in zip(task.queries, texts):
+  for i, (q, text) in enumerate(zip(task.queries, texts)):
     rows.append({'task': task.name, 'input': q.input, 'prediction': text,
                  'references': list(q.all_references)})
+    if generated is not None:
+      rows[-1]['generated'] = generated[i]
   if task.chance is not None:
     result['chance'] = task.chance * 100
   return result, rows
@@ -101,16 +120,24 @@ def evaluate(config: ml_collections.ConfigDict, exp: Experiment, trainable: dict
   score_fn = jax.jit(make_score_step(exp))
   generate_fn = jax.jit(make_generate_step(exp, int(e.get('max_decode_length', 32))))
   per_task, groups, all_rows = {}, defaultdict(list), []
+  group_metrics = defaultdict(lambda: defaultdict(list))
   for task in eval_tasks(config, exp, split):
     result, rows = evaluate_task(task, score_fn, generate_fn, trainable, frozen,
-                                 int(e.batch_size))
+                                 int(e.batch_size), bool(e.get('also_generate', False)))
     per_task[task.name] = result
     groups[task.group or task.name].append(headline(result))
+    for key, value in result.items():
+      group_metrics[task.group or task.name][key].append(value)
     all_rows.extend(rows)
     logging.info('eval %s: %s', task.name, result)
   summary = {'per_task': per_task,
              'per_group': {g: float(np.mean(v)) for g, v in groups.items()},
-             'average': float(np.mean([headline(r) for r in per_task.values()]))}
+             'average': float(np.mean([headline(r) for r in per_task.values()])),
+             # Every metric, averaged over the tasks of each group and of all.
+             'per_group_metrics': {g: {k: float(np.mean(v)) for k, v in m.items()}
+                                   for g, m in group_metrics.items()},
+             'average_metrics': {k: float(np.mean([r[k] for r in per_task.values() if k in r]))
+                                 for k in sorted({k for r in per_task.values() for k in r})}}
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'predictions.jsonl'), 'w') as f:
     for row in all_rows:
