@@ -34,12 +34,12 @@ ALL = ('shared_prefix', 'shared_lora', 'prefix', 'lora', 'hart', 'hart_no_consis
        'hart_top_down', 'hart_random_order')
 
 
-def summarise(per_seed: list[dict], splits) -> dict:
+def summarise(per_seed: list[dict], splits, metrics=demo.METRICS) -> dict:
   """{model: {metric: {split: 'mean ± std'}}} over the seeds that have the model."""
   out = {}
   for model in per_seed[0]:
     out[model] = {}
-    for metric in demo.METRICS:
+    for metric in metrics:
       out[model][metric] = {}
       for split in splits:
         vals = np.array([r[model][metric][split] for r in per_seed if model in r])
@@ -48,9 +48,9 @@ def summarise(per_seed: list[dict], splits) -> dict:
   return out
 
 
-def markdown(summary: dict, splits) -> str:
+def markdown(summary: dict, splits, metrics=demo.METRICS) -> str:
   parts = []
-  for metric, what in demo.METRICS.items():
+  for metric, what in metrics.items():
     head = '| Model | ' + ' | '.join(splits) + ' | AVG |'
     rows = [head, '|' + '---|' * (len(splits) + 2)]
     for model, cells in summary.items():

@@ -111,28 +111,35 @@ METRICS = {'accuracy': 'rank-classification accuracy (%) — options shown',
            'generated_exact_match': 'exact match (%) of greedy generation — no options shown'}
 
 
-def _evaluate(config, out, workdir, splits, label) -> dict:
-  """{metric: {split: task-average}} for the metrics of `METRICS`."""
+def _evaluate(config, out, workdir, splits, label, metrics=METRICS) -> dict:
+  """{metric: {split: task-average}} for the metrics of `metrics` (keys of
+  `evaluate`'s `average_metrics`, or 'headline': its per-task headline metric,
+  e.g. MetaICL's macro-F1 / accuracy, averaged)."""
   from hyperflax import evaluate
-  results = {m: {} for m in METRICS}
+  results = {m: {} for m in metrics}
   for split in splits:
     summary = evaluate.evaluate(config, out['experiment'], out['trainable'], out['frozen'],
                                 os.path.join(workdir, f'eval_{split}'), split, label)
-    for m in METRICS:
-      results[m][split] = summary['average_metrics'][m]
+    for m in metrics:
+      results[m][split] = (summary['average'] if m == 'headline'
+                           else summary['average_metrics'][m])
   return results
 
 
 def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed: int = 0,
-        fewshot: bool = True, overrides: dict | None = None, eval_splits=None) -> dict:
+        fewshot: bool = True, overrides: dict | None = None, eval_splits=None,
+        metrics: dict | None = None, caclm_overrides: dict | None = None) -> dict:
   """Trains and scores every stage; returns {model: {metric: {split: value}}}.
 
   `kinds` names entries of `VARIANTS`; `seed` seeds every stage (model
   initialisation, data order, dropout); the synthetic tasks stay the same.
   `overrides` ({'a.b': value}) apply to every few-shot stage's config (another
   dataset: `data.name`, `eval.name`, `data.lengths`, ...) and `eval_splits`
-  replaces the synthetic suite's splits.
+  replaces the synthetic suite's splits; `metrics` replaces `METRICS` (see
+  `_evaluate`) and `caclm_overrides` the CACLM stages' data (default: CACLM
+  on synthetic documents).
   """
+  metrics = metrics or METRICS
   p = plan(quick)
   p.seed = seed
   if eval_splits:
@@ -152,7 +159,7 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   down_dir = os.path.join(workdir, 'downstream')
   cfg = stage_config('t5_mtf', steps=p.downstream_steps, seed=p.seed, **common)
   out = _train(cfg, down_dir)
-  table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF')
+  table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF', metrics)
   frozen_t5 = os.path.join(down_dir, 'downstream')
 
   if fewshot:
@@ -160,7 +167,8 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
     cfg = stage_config('t5_mtf_fewshot', steps=p.fewshot_steps, seed=p.seed,
                        **{'model.init_from': frozen_t5, **common})
     out = _train(cfg, few_dir)
-    table['T5-MTF-Few-shot'] = _evaluate(cfg, out, few_dir, p.eval_splits, 'T5-MTF-Few-shot')
+    table['T5-MTF-Few-shot'] = _evaluate(cfg, out, few_dir, p.eval_splits, 'T5-MTF-Few-shot',
+                                              metrics)
 
   for name in p.kinds:
     label, kind, overrides = VARIANTS[name]
@@ -169,18 +177,21 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
       caclm_dir = os.path.join(workdir, f'caclm_{name}')
       cfg = stage_config('hypermodel', kind, p.caclm_steps, p.seed,
                          **{**overrides, 'data.name': 'synthetic_caclm', 'data.lengths': (),
-                            'data.options': {},
+                            'data.options': {}, **(caclm_overrides or {}),
                             'eval.name': ''})
       _train(cfg, caclm_dir)
       overrides['hyper.init_from'] = caclm_dir
     mtf_dir = os.path.join(workdir, f'mtf_{name}')
     cfg = stage_config('hypermodel', kind, p.mtf_steps, p.seed, **overrides)
     out = _train(cfg, mtf_dir)
-    table[label] = _evaluate(cfg, out, mtf_dir, p.eval_splits, label)
+    table[label] = _evaluate(cfg, out, mtf_dir, p.eval_splits, label, metrics)
 
-  text = tables(table, p.eval_splits)
-  header = (f'The synthetic suite, seed {p.seed}; chance: {CHANCE} rank classification, '
-            f'~0 generation for lookup/category; {time.time() - t0:.0f}s on this machine\n\n')
+  text = tables(table, p.eval_splits, metrics)
+  if 'eval.name' in common:
+    header = f'{common["eval.name"]}, seed {p.seed}; {time.time() - t0:.0f}s on this machine\n\n'
+  else:
+    header = (f'The synthetic suite, seed {p.seed}; chance: {CHANCE} rank classification, '
+              f'~0 generation for lookup/category; {time.time() - t0:.0f}s on this machine\n\n')
   with open(os.path.join(workdir, 'results.md'), 'w') as f:
     f.write(header + text + '\n')
   with open(os.path.join(workdir, 'results.json'), 'w') as f:
@@ -189,12 +200,12 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   return table
 
 
-def tables(table: dict, splits) -> str:
-  """One markdown table per metric of `METRICS` (cells may be strings)."""
+def tables(table: dict, splits, metrics=METRICS) -> str:
+  """One markdown table per metric of `metrics` (cells may be strings)."""
   from hyperflax.metrics import format_table
   return '\n\n'.join(
       f'Held-out {what}:\n\n' + format_table({k: v[m] for k, v in table.items()}, list(splits))
-      for m, what in METRICS.items())
+      for m, what in metrics.items())
 
 
 def main(argv=None) -> None:
