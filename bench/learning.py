@@ -69,6 +69,8 @@ def main(argv=None) -> None:
                   help=f'hypermodel variants (known: {",".join(demo.VARIANTS)})')
   ap.add_argument('--scale', type=float, default=1.0, help="multiply every stage's steps")
   ap.add_argument('--no-fewshot', action='store_true', help='skip T5-MTF-Few-shot')
+  ap.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
+                  help='processes for the stages after the downstream')
   ap.add_argument('--quick', action='store_true',
                   help='one seed, T5-MTF + HyperT5-LoRA, a few steps each (smoke test)')
   args = ap.parse_args(argv)
@@ -80,18 +82,21 @@ def main(argv=None) -> None:
     seeds, variants, fewshot = seeds[:1], ['lora'], False
   t0 = time.time()
   per_seed = []
+  splits = demo.plan().eval_splits
   for seed in seeds:
     per_seed.append(demo.run(os.path.join(args.workdir, f'seed{seed}'), quick=args.quick,
-                             kinds=variants, scale=args.scale, seed=seed, fewshot=fewshot))
-  splits = demo.plan().eval_splits
-  summary = summarise(per_seed, splits)
-  text = (f'Seeds {seeds}; {time.time() - t0:.0f}s on this machine; chance {demo.CHANCE} '
-          f'(rank classification)\n\n' + markdown(summary, splits))
+                             kinds=variants, scale=args.scale, seed=seed, fewshot=fewshot,
+                             jobs=args.jobs))
+    # Written after every seed: a long run stopped early still leaves its table.
+    summary = summarise(per_seed, splits)
+    done = seeds[:len(per_seed)]
+    text = (f'Seeds {done}; {time.time() - t0:.0f}s on this machine; chance {demo.CHANCE} '
+            f'(rank classification)\n\n' + markdown(summary, splits))
+    with open(os.path.join(args.workdir, 'learning.md'), 'w') as f:
+      f.write(text + '\n')
+    with open(os.path.join(args.workdir, 'learning.json'), 'w') as f:
+      json.dump({'seeds': done, 'per_seed': per_seed, 'summary': summary}, f, indent=2)
   print('\n' + text)
-  with open(os.path.join(args.workdir, 'learning.md'), 'w') as f:
-    f.write(text + '\n')
-  with open(os.path.join(args.workdir, 'learning.json'), 'w') as f:
-    json.dump({'seeds': seeds, 'per_seed': per_seed, 'summary': summary}, f, indent=2)
 
 
 if __name__ == '__main__':

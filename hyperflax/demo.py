@@ -126,9 +126,37 @@ def _evaluate(config, out, workdir, splits, label, metrics=METRICS) -> dict:
   return results
 
 
+def _pipeline(args) -> tuple[str, dict]:
+  """One model after the downstream: the few-shot baseline, or CACLM +
+  multi-task fine-tuning of a hypermodel variant; returns (label, results)."""
+  name, workdir, frozen_t5, p, common, metrics, caclm_overrides = args
+  logging.getLogger().setLevel(logging.WARNING)
+  if name == 'fewshot':
+    few_dir = os.path.join(workdir, 'fewshot')
+    cfg = stage_config('t5_mtf_fewshot', steps=p['fewshot_steps'], seed=p['seed'],
+                       **{'model.init_from': frozen_t5, **common})
+    out = _train(cfg, few_dir)
+    return 'T5-MTF-Few-shot', _evaluate(cfg, out, few_dir, p['eval_splits'], 'T5-MTF-Few-shot',
+                                        metrics)
+  label, kind, overrides = VARIANTS[name]
+  overrides = {**common, 'model.init_from': frozen_t5, **overrides}
+  if not kind.startswith('shared_'):  # the shared baselines read no text to pretrain on
+    caclm_dir = os.path.join(workdir, f'caclm_{name}')
+    cfg = stage_config('hypermodel', kind, p['caclm_steps'], p['seed'],
+                       **{**overrides, 'data.name': 'synthetic_caclm', 'data.lengths': (),
+                          'data.options': {}, **(caclm_overrides or {}), 'eval.name': ''})
+    _train(cfg, caclm_dir)
+    overrides['hyper.init_from'] = caclm_dir
+  mtf_dir = os.path.join(workdir, f'mtf_{name}')
+  cfg = stage_config('hypermodel', kind, p['mtf_steps'], p['seed'], **overrides)
+  out = _train(cfg, mtf_dir)
+  return label, _evaluate(cfg, out, mtf_dir, p['eval_splits'], label, metrics)
+
+
 def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed: int = 0,
         fewshot: bool = True, overrides: dict | None = None, eval_splits=None,
-        metrics: dict | None = None, caclm_overrides: dict | None = None) -> dict:
+        metrics: dict | None = None, caclm_overrides: dict | None = None,
+        jobs: int = 1) -> dict:
   """Trains and scores every stage; returns {model: {metric: {split: value}}}.
 
   `kinds` names entries of `VARIANTS`; `seed` seeds every stage (model
@@ -137,7 +165,8 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   dataset: `data.name`, `eval.name`, `data.lengths`, ...) and `eval_splits`
   replaces the synthetic suite's splits; `metrics` replaces `METRICS` (see
   `_evaluate`) and `caclm_overrides` the CACLM stages' data (default: CACLM
-  on synthetic documents).
+  on synthetic documents). `jobs` > 1 runs the stages after the downstream
+  in that many processes (same results: every stage is seeded alone).
   """
   metrics = metrics or METRICS
   p = plan(quick)
@@ -145,6 +174,8 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   if eval_splits:
     p.eval_splits = tuple(eval_splits)
   common = dict(overrides or {})
+  if quick and 'eval.options' not in common:  # a smoke test: one task of each family
+    common['eval.options'] = {'max_queries': 4, 'heldout_tasks_per_family': 1}
   if kinds:
     unknown = [k for k in kinds if k not in VARIANTS]
     if unknown:
@@ -162,29 +193,20 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF', metrics)
   frozen_t5 = os.path.join(down_dir, 'downstream')
 
-  if fewshot:
-    few_dir = os.path.join(workdir, 'fewshot')
-    cfg = stage_config('t5_mtf_fewshot', steps=p.fewshot_steps, seed=p.seed,
-                       **{'model.init_from': frozen_t5, **common})
-    out = _train(cfg, few_dir)
-    table['T5-MTF-Few-shot'] = _evaluate(cfg, out, few_dir, p.eval_splits, 'T5-MTF-Few-shot',
-                                              metrics)
-
-  for name in p.kinds:
-    label, kind, overrides = VARIANTS[name]
-    overrides = {**common, 'model.init_from': frozen_t5, **overrides}
-    if not kind.startswith('shared_'):  # the shared baselines read no text to pretrain on
-      caclm_dir = os.path.join(workdir, f'caclm_{name}')
-      cfg = stage_config('hypermodel', kind, p.caclm_steps, p.seed,
-                         **{**overrides, 'data.name': 'synthetic_caclm', 'data.lengths': (),
-                            'data.options': {}, **(caclm_overrides or {}),
-                            'eval.name': ''})
-      _train(cfg, caclm_dir)
-      overrides['hyper.init_from'] = caclm_dir
-    mtf_dir = os.path.join(workdir, f'mtf_{name}')
-    cfg = stage_config('hypermodel', kind, p.mtf_steps, p.seed, **overrides)
-    out = _train(cfg, mtf_dir)
-    table[label] = _evaluate(cfg, out, mtf_dir, p.eval_splits, label, metrics)
+  # After the downstream, the stages form independent pipelines; one process
+  # uses about one core on these small programs, so `jobs` run side by side.
+  pipelines = [('fewshot', workdir, frozen_t5, p.to_dict(), common, metrics, caclm_overrides)
+               ] if fewshot else []
+  pipelines += [(name, workdir, frozen_t5, p.to_dict(), common, metrics, caclm_overrides)
+                for name in p.kinds]
+  if jobs > 1 and len(pipelines) > 1:
+    import multiprocessing
+    # spawn: a forked JAX runtime is unsafe.
+    with multiprocessing.get_context('spawn').Pool(min(jobs, len(pipelines))) as pool:
+      done = pool.map(_pipeline, pipelines, chunksize=1)
+  else:
+    done = [_pipeline(args) for args in pipelines]
+  table.update(done)
 
   text = tables(table, p.eval_splits, metrics)
   if 'eval.name' in common:
@@ -215,10 +237,13 @@ def main(argv=None) -> None:
   flags.DEFINE_list('kinds', None, 'hypermodel variants to train (default: prefix,lora,hart; '
                     f'known: {",".join(VARIANTS)})')
   flags.DEFINE_float('scale', 1.0, "multiply every stage's step count")
+  flags.DEFINE_integer('jobs', min(2, os.cpu_count() or 1),
+                       'processes for the stages after the downstream')
 
   def _run(_):
     logging.getLogger().setLevel(logging.WARNING)
-    run(flags.FLAGS.workdir, flags.FLAGS.quick, flags.FLAGS.kinds, flags.FLAGS.scale)
+    run(flags.FLAGS.workdir, flags.FLAGS.quick, flags.FLAGS.kinds, flags.FLAGS.scale,
+        jobs=flags.FLAGS.jobs)
 
   app.run(_run, argv=argv)
 
