@@ -153,18 +153,10 @@ class Hypermodel:
 
 def load_hypermodel(checkpoint: str) -> Hypermodel:
   """Reads a training workdir: config.json, the newest checkpoint, the tokenizer."""
-  import ml_collections
   from hyperflax.data import registry
-  from hyperflax.train import load_trainable
+  from hyperflax.train import load_run_config, load_trainable
   from hyperflax.training.experiment import Experiment
-  config_path = os.path.join(checkpoint, 'config.json')
-  if not os.path.exists(config_path):
-    raise FileNotFoundError(f'{checkpoint}: no config.json (not a training workdir)')
-  with open(config_path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.method != 'hypermodel':
-    raise ValueError(f'{checkpoint}: method={config.method!r} has no hypermodel to run; '
-                     'hypertune needs a config.method="hypermodel" workdir')
+  config = load_run_config(checkpoint, 'hypermodel')
   exp = Experiment.from_config(config)
   step = _latest_step(checkpoint)
   trainable = load_trainable(checkpoint)

@@ -195,6 +195,19 @@ def export_downstream(exp: Experiment, params, out_dir: str) -> None:
                           exp.t5_config.replace(scan_layers=False, remat=False))
 
 
+def load_run_config(workdir: str, method: str | None = None) -> ml_collections.ConfigDict:
+  """The config.json a `train` run wrote into `workdir` (checked to be `method`)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'{workdir}: no config.json (not a hyperflax.train workdir)')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  if method is not None and config.get('method') != method:
+    raise ValueError(f'{path}: method={config.get("method")!r}; this needs a '
+                     f'config.method={method!r} run')
+  return config
+
+
 def load_trainable(workdir: str) -> dict:
   """The trainable parameters of the newest checkpoint in a training workdir."""
   import orbax.checkpoint as ocp

@@ -11,14 +11,12 @@ and writes Table 6.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -69,15 +67,9 @@ class GeneratorRun:
 
 def load_run(workdir: str) -> GeneratorRun:
   """Loads a `hyperflax.train` workdir of a hypermodel or shared baseline."""
-  from hyperflax.train import load_trainable
+  from hyperflax.train import load_run_config, load_trainable
   path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir}: no config.json (not a hyperflax.train workdir)')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if config.get('method') != 'hypermodel':
-    raise ValueError(f'{path}: method={config.get("method")!r}; a PEFT generator run '
-                     "(method 'hypermodel') is needed")
+  config = load_run_config(workdir, 'hypermodel')
   exp = Experiment.from_config(config)
   if exp.hyper_config.fusion_in_decoder:
     raise ValueError(f'{path}: fusion_in_decoder generators change the downstream input; '
