@@ -2,6 +2,7 @@ r"""Memory plans of the XL and XXL HART configs on v4-32, v4-128 and 8xH100 mesh
 
   python bench/memory_plan.py                 # state bytes only (exact, seconds each)
   python bench/memory_plan.py --compile=xl    # also compile XL steps for XLA's temp bytes
+  python bench/memory_plan.py --quick         # XL on the first mesh only (a smoke run)
 
 Each plan runs `python -m hyperflax.plan --json` in its own process (the
 forced host CPU device count is fixed per process) and one markdown row is
@@ -58,10 +59,12 @@ def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument('--compile', default='', help="comma-separated models to compile ('xl')")
   parser.add_argument('--models', default='xl,xxl')
+  parser.add_argument('--quick', action='store_true', help='XL on the first mesh only')
   args = parser.parse_args()
   print('GiB per device.\n' + HEADER)
-  for model in args.models.split(','):
-    for slice_name, mesh, extra in MESHES:
+  models = ['xl'] if args.quick else args.models.split(',')
+  for model in models:
+    for slice_name, mesh, extra in (MESHES[:1] if args.quick else MESHES):
       r = plan(model, slice_name, mesh, extra, model in args.compile.split(','))
       print(row(model, slice_name, mesh, extra, r), flush=True)
 

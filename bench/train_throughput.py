@@ -283,7 +283,7 @@ def run_config(name: str, reps: int, profile: bool, peak: dict[str, float]) -> N
 def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--quick', action='store_true',
-                  help='fewer repetitions; the small preset without the profile (< 2 min idle)')
+                  help='tiny only, fewer repetitions (< 2 min); --only=small for the small preset')
   ap.add_argument('--only', choices=sorted(CONFIGS), default=None, help='one config')
   ap.add_argument('--reps', type=int, default=None, help='timed repetitions per variant')
   args = ap.parse_args(argv)
@@ -297,7 +297,7 @@ def main(argv=None) -> None:
         f'{torch.get_num_threads()}; load average {os.getloadavg()[0]:.1f}')
   peak = matmul_peak()
   print(f'fp32 1024^3 matmul GFLOP/s: jax {peak["jax"]:.1f}, torch {peak["torch"]:.1f}')
-  for name in ([args.only] if args.only else list(CONFIGS)):
+  for name in ([args.only] if args.only else ['tiny'] if args.quick else list(CONFIGS)):
     quick_small = args.quick and name == 'small'
     reps = args.reps or (3 if quick_small else 5 if args.quick else 15 if name == 'tiny' else 5)
     run_config(name, reps, not quick_small, peak)
