@@ -29,7 +29,6 @@ import dataclasses
 import datetime
 import functools
 import hashlib
-import json
 import logging
 import os
 import sys
@@ -41,6 +40,7 @@ import numpy as np
 
 from hyperflax import adapters as adapters_lib
 from hyperflax.data.examples import Example, Lengths
+from hyperflax.data.io_utils import iter_jsonl
 
 log = logging.getLogger('hyperflax.hypertune')
 
@@ -48,22 +48,13 @@ log = logging.getLogger('hyperflax.hypertune')
 def read_examples(path: str) -> list[Example]:
   """Demonstrations from JSONL lines `{"input": str, "output"|"target": str}`."""
   out = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}:{number}'
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: not valid JSON ({e.msg})') from None
-      if not isinstance(row, dict):
-        raise ValueError(f'{where}: expected an object, got {type(row).__name__}')
-      target = row.get('output', row.get('target'))
-      if not isinstance(row.get('input'), str) or not isinstance(target, str):
-        raise ValueError(f'{where}: needs string fields "input" and "output" (or "target"); '
-                         f'got keys {sorted(row)}')
-      out.append(Example(row['input'], target, origin=where))
+  for number, row in iter_jsonl(path):
+    where = f'{path}:{number}'
+    target = row.get('output', row.get('target'))
+    if not isinstance(row.get('input'), str) or not isinstance(target, str):
+      raise ValueError(f'{where}: needs string fields "input" and "output" (or "target"); '
+                       f'got keys {sorted(row)}')
+    out.append(Example(row['input'], target, origin=where))
   return out
 
 

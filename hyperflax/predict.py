@@ -27,28 +27,23 @@ import os
 import sys
 
 from hyperflax import serving
+from hyperflax.data.io_utils import iter_json_lines
 
 
 def read_queries(path: str) -> list[dict]:
+  """Queries: JSONL objects with a string "input" (and optional "options"), or bare strings."""
   rows = []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}:{number}'
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: not valid JSON ({e.msg})') from None
-      if isinstance(row, str):
-        row = {'input': row}
-      if not isinstance(row, dict) or not isinstance(row.get('input'), str):
-        raise ValueError(f'{where}: needs a string field "input"')
-      options = row.get('options')
-      if options is not None and (not isinstance(options, list) or not options or
-                                  not all(isinstance(o, str) for o in options)):
-        raise ValueError(f'{where}: "options" must be a non-empty list of strings')
-      rows.append(row)
+  for number, row in iter_json_lines(path):
+    where = f'{path}:{number}'
+    if isinstance(row, str):
+      row = {'input': row}
+    if not isinstance(row, dict) or not isinstance(row.get('input'), str):
+      raise ValueError(f'{where}: needs a string field "input"')
+    options = row.get('options')
+    if options is not None and (not isinstance(options, list) or not options or
+                                not all(isinstance(o, str) for o in options)):
+      raise ValueError(f'{where}: "options" must be a non-empty list of strings')
+    rows.append(row)
   return rows
 
 

@@ -205,7 +205,7 @@ def test_bad_example_lines_name_file_and_line(tmp_path):
   with pytest.raises(ValueError, match=rf'{path}:3: needs string fields'):
     hypertune.read_examples(str(path))
   path.write_text('{"input": "a", "target": "b"}\nnot json\n')
-  with pytest.raises(ValueError, match=rf'{path}:2: not valid JSON'):
+  with pytest.raises(ValueError, match=rf'{path}:2: malformed JSON line'):
     hypertune.read_examples(str(path))
 
 

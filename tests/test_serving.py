@@ -166,3 +166,19 @@ def test_predict_api_stays_warm(env):
   assert greedy_decode._cache_size() == size  # pylint: disable=protected-access
   assert serving.get_server(env['model_dir']) is serving.get_server(env['model_dir'])
   assert [r['prediction'] for r in again] == [r['prediction'] for r in first][::-1]
+
+
+def test_read_queries_takes_objects_and_bare_strings_and_names_bad_lines(tmp_path):
+  from hyperflax.predict import read_queries
+  path = tmp_path / 'q.jsonl'
+  path.write_text('"hello"\n\n{"input": "x", "options": ["a", "b"]}\n')
+  assert read_queries(str(path)) == [{'input': 'hello'}, {'input': 'x', 'options': ['a', 'b']}]
+  path.write_text('"hello"\n{"input": 3}\n')
+  with pytest.raises(ValueError, match=rf'{path}:2: needs a string field "input"'):
+    read_queries(str(path))
+  path.write_text('"hello"\nnot json\n')
+  with pytest.raises(ValueError, match=rf'{path}:2: malformed JSON line'):
+    read_queries(str(path))
+  path.write_text('{"input": "x", "options": []}\n')
+  with pytest.raises(ValueError, match=rf'{path}:1: "options" must be a non-empty list'):
+    read_queries(str(path))

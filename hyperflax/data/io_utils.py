@@ -23,6 +23,25 @@ def require_dir(path: str | os.PathLike, what: str = 'data directory') -> Path:
   return path
 
 
+def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+  """Yields (line number, JSON value) for each non-blank line of a file.
+
+  Raises:
+    FileNotFoundError: naming the path.
+    ValueError: `path:line: malformed JSON line (...)`.
+  """
+  path = require_file(path)
+  with open(path, encoding='utf-8') as f:
+    for lineno, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        yield lineno, json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ValueError(f'{path}:{lineno}: malformed JSON line ({e.msg} at '
+                         f'column {e.colno})') from None
+
+
 def iter_jsonl(path: str | os.PathLike,
                required: Sequence[str] = ()) -> Iterator[tuple[int, dict]]:
   """Yields (line number, object) for each non-blank line of a JSONL file.
@@ -36,24 +55,15 @@ def iter_jsonl(path: str | os.PathLike,
     ValueError: `path:line: ...` for malformed JSON, a non-object line or a
       missing field.
   """
-  path = require_file(path)
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        obj = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{path}:{lineno}: malformed JSON line ({e.msg} at '
-                         f'column {e.colno})') from e
-      if not isinstance(obj, dict):
-        raise ValueError(f'{path}:{lineno}: expected a JSON object, got '
-                         f'{type(obj).__name__}')
-      for field in required:
-        if field not in obj:
-          raise ValueError(f'{path}:{lineno}: missing field {field!r} '
-                           f'(has {sorted(obj)})')
-      yield lineno, obj
+  for lineno, obj in iter_json_lines(path):
+    if not isinstance(obj, dict):
+      raise ValueError(f'{path}:{lineno}: expected a JSON object, got '
+                       f'{type(obj).__name__}')
+    for field in required:
+      if field not in obj:
+        raise ValueError(f'{path}:{lineno}: missing field {field!r} '
+                         f'(has {sorted(obj)})')
+    yield lineno, obj
 
 
 def read_json(path: str | os.PathLike) -> Any:
