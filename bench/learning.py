@@ -35,9 +35,9 @@ ALL = ('shared_prefix', 'shared_lora', 'prefix', 'lora', 'hart', 'hart_no_consis
 
 
 def summarise(per_seed: list[dict], splits, metrics=demo.METRICS) -> dict:
-  """{model: {metric: {split: 'mean ± std'}}} over the seeds that have the model."""
+  """{model: {metric: {split: (mean, std, n)}}} over the seeds that have the model."""
   out = {}
-  for model in per_seed[0]:
+  for model in dict.fromkeys(m for r in per_seed for m in r):
     out[model] = {}
     for metric in metrics:
       out[model][metric] = {}
@@ -51,12 +51,13 @@ def summarise(per_seed: list[dict], splits, metrics=demo.METRICS) -> dict:
 def markdown(summary: dict, splits, metrics=demo.METRICS) -> str:
   parts = []
   for metric, what in metrics.items():
-    head = '| Model | ' + ' | '.join(splits) + ' | AVG |'
-    rows = [head, '|' + '---|' * (len(splits) + 2)]
+    head = '| Model | ' + ' | '.join(splits) + ' | AVG | seeds |'
+    rows = [head, '|' + '---|' * (len(splits) + 3)]
     for model, cells in summary.items():
       means = [cells[metric][s][0] for s in splits]
       text = [f'{m:.1f} ± {cells[metric][s][1]:.1f}' for m, s in zip(means, splits)]
-      rows.append(f'| {model} | ' + ' | '.join(text) + f' | {np.mean(means):.1f} |')
+      seeds = cells[metric][splits[0]][2]
+      rows.append(f'| {model} | ' + ' | '.join(text) + f' | {np.mean(means):.1f} | {seeds} |')
     parts.append(f'Held-out {what} (mean ± std over seeds):\n\n' + '\n'.join(rows))
   return '\n\n'.join(parts)
 
@@ -71,6 +72,8 @@ def main(argv=None) -> None:
   ap.add_argument('--no-fewshot', action='store_true', help='skip T5-MTF-Few-shot')
   ap.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
                   help='processes for the stages after the downstream')
+  ap.add_argument('--aggregate-only', action='store_true',
+                  help="train nothing: tabulate the seeds' results.json already in --workdir")
   ap.add_argument('--quick', action='store_true',
                   help='one seed, T5-MTF + HyperT5-LoRA, a few steps each (smoke test)')
   args = ap.parse_args(argv)
@@ -84,9 +87,13 @@ def main(argv=None) -> None:
   per_seed = []
   splits = demo.plan().eval_splits
   for seed in seeds:
-    per_seed.append(demo.run(os.path.join(args.workdir, f'seed{seed}'), quick=args.quick,
-                             kinds=variants, scale=args.scale, seed=seed, fewshot=fewshot,
-                             jobs=args.jobs))
+    seed_dir = os.path.join(args.workdir, f'seed{seed}')
+    if args.aggregate_only:
+      with open(os.path.join(seed_dir, 'results.json')) as f:
+        per_seed.append(json.load(f))
+    else:
+      per_seed.append(demo.run(seed_dir, quick=args.quick, kinds=variants, scale=args.scale,
+                               seed=seed, fewshot=fewshot, jobs=args.jobs))
     # Written after every seed: a long run stopped early still leaves its table.
     summary = summarise(per_seed, splits)
     done = seeds[:len(per_seed)]
@@ -97,7 +104,6 @@ def main(argv=None) -> None:
     with open(os.path.join(args.workdir, 'learning.json'), 'w') as f:
       json.dump({'seeds': done, 'per_seed': per_seed, 'summary': summary}, f, indent=2)
   print('\n' + text)
-
 
 if __name__ == '__main__':
   main()
