@@ -128,3 +128,8 @@ def test_dropout_is_driven_by_the_rng_only():
   a, b, a_again = run(jax.random.key(0)), run(jax.random.key(1)), run(jax.random.key(0))
   np.testing.assert_array_equal(np.asarray(a), np.asarray(a_again))
   assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+def test_random_order_is_refused_where_only_two_orders_exist():
+  with pytest.raises(ValueError, match="'random' needs at least 3 HART steps"):
+    HyperConfig(kind='hart', generation_order='random').step_to_layer(2)

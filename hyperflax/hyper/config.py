@@ -117,6 +117,10 @@ class HyperConfig:
       return np.arange(num_steps)
     if self.generation_order == 'top_down':
       return np.arange(num_steps)[::-1].copy()
+    if num_steps <= 2:
+      raise ValueError(f"HyperConfig.generation_order='random' needs at least 3 HART steps "
+                       f'(downstream layers); with {num_steps} every order is bottom_up or '
+                       'top_down')
     return np.random.default_rng(self.order_seed).permutation(num_steps)
 
   def layer_to_step(self, num_steps: int) -> np.ndarray:
