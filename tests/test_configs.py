@@ -50,13 +50,7 @@ def test_full_size_config_builds_without_allocating(name):
     assert hyper > 0
 
 
-# Their tiny programs repeat another config's (same method and generator; scan,
-# remat and accumulation are covered elsewhere): run with `pytest -m slow`.
-_REPEATS = {'hypert5_prefix_xl', 'hypert5_lora_xl', 'hart_large', 'hypert5_plus_lora_large'}
-
-
-@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in _REPEATS
-                                  else n for n in CONFIGS])
+@pytest.mark.parametrize('name', CONFIGS)
 def test_tiny_variant_trains_a_step_and_evaluates(name, tmp_path):
   from hyperflax import evaluate
   from hyperflax.train import train
