@@ -68,14 +68,17 @@ def _set(tree: Params, path: str, value) -> None:
   tree[leaf] = value
 
 
-def stack_layers(params: Params, config: T5Config) -> Params:
-  """Unscanned `layers_{i}` subtrees -> one scanned `layers/layer` subtree."""
+def stack_layers(params: Params, config: T5Config, stack_fn=np.stack) -> Params:
+  """Unscanned `layers_{i}` subtrees -> one scanned `layers/layer` subtree.
+
+  `stack_fn=jnp.stack` keeps it traceable (under `jit`).
+  """
   import jax
   out = dict(params)
   for stack, n in (('encoder', config.num_layers), ('decoder', config.num_decoder_layers)):
     sub = dict(params[stack])
     layers = [sub.pop(f'layers_{i}') for i in range(n)]
-    sub['layers'] = {'layer': jax.tree.map(lambda *xs: np.stack(xs), *layers)}
+    sub['layers'] = {'layer': jax.tree.map(lambda *xs: stack_fn(xs), *layers)}
     out[stack] = sub
   return out
 

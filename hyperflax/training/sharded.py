@@ -22,20 +22,10 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hyperflax.model import hf
 from hyperflax.sharding import (Rules, activate, axis_rules, batch_shardings,
                                 global_batch, logical_sharding, matching_shardings,
                                 param_shardings)
-
-
-def _stack_layers(params: dict, t5_config) -> dict:
-  """`hf.stack_layers` with `jnp` (traceable, same values)."""
-  out = dict(params)
-  for stack, n in (('encoder', t5_config.num_layers), ('decoder', t5_config.num_decoder_layers)):
-    sub = dict(params[stack])
-    layers = [sub.pop(f'layers_{i}') for i in range(n)]
-    sub['layers'] = {'layer': jax.tree.map(lambda *xs: jnp.stack(xs), *layers)}
-    out[stack] = sub
-  return out
 
 
 def init_fn(exp, downstream: dict | None = None) -> Callable:
@@ -49,7 +39,8 @@ def init_fn(exp, downstream: dict | None = None) -> Callable:
 
   def random_downstream(rng):
     params = init_params(exp.t5_config.replace(scan_layers=False), rng)
-    return _stack_layers(params, exp.t5_config) if exp.t5_config.scan_layers else params
+    return (hf.stack_layers(params, exp.t5_config, jnp.stack) if exp.t5_config.scan_layers
+            else params)
 
   view = copy.copy(exp)  # same models; only the downstream's source differs
   view.load_downstream = (lambda rng: downstream) if downstream is not None else random_downstream
