@@ -217,6 +217,8 @@ def load_trainable(workdir: str) -> dict:
   registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
   for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
     registry.add('state', args, ocp.StandardCheckpointHandler)
+  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):  # known, so orbax does not warn
+    registry.add('meta', args, ocp.JsonCheckpointHandler)
   with ocp.CheckpointManager(directory, handler_registry=registry) as mngr:
     step = mngr.latest_step()
     if step is None:
