@@ -195,10 +195,9 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
 
   # After the downstream, the stages form independent pipelines; one process
   # uses about one core on these small programs, so `jobs` run side by side.
-  pipelines = [('fewshot', workdir, frozen_t5, p.to_dict(), common, metrics, caclm_overrides)
-               ] if fewshot else []
-  pipelines += [(name, workdir, frozen_t5, p.to_dict(), common, metrics, caclm_overrides)
-                for name in p.kinds]
+  names = (['fewshot'] if fewshot else []) + list(p.kinds)
+  pipelines = [(name, workdir, frozen_t5, p.to_dict(), common, metrics, caclm_overrides)
+               for name in names]
   if jobs > 1 and len(pipelines) > 1:
     import multiprocessing
     # spawn: a forked JAX runtime is unsafe.
