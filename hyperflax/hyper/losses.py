@@ -7,11 +7,17 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from hyperflax.model.xent import lm_head_kernel, loss_sums
+
 Array = jax.Array
 
 
 def cross_entropy(logits: Array, targets: Array, weights: Array) -> tuple[Array, Array]:
-  """Token cross-entropy, summed with weights, in float32.
+  """Token cross-entropy of given logits, summed with weights, in float32.
+
+  The plain formula (it materialises [B, T, V] log-probabilities). Training
+  steps use `hyperflax.model.xent.loss_sums` on the decoder's final states
+  instead, which equals this on `hidden @ lm_head` without forming either.
 
   Args:
     logits: [B, T, V] in any dtype.
@@ -88,12 +94,13 @@ def hypertuning_loss(hyper_apply: Callable, t5_apply: Callable, hyper_params: An
     hyper_rngs, t5_rngs = {'dropout': hyper_key}, {'dropout': t5_key}
   peft, aux = hyper_apply({'params': hyper_params}, batch['hyper_inputs'],
                           deterministic=deterministic, rngs=hyper_rngs)
-  logits = t5_apply({'params': frozen_params}, batch['encoder_inputs'],
+  hidden = t5_apply({'params': frozen_params}, batch['encoder_inputs'],
                     batch['decoder_inputs'], peft=peft,
                     fusion_states=aux.get('fusion_states'),
                     fusion_mask=aux.get('fusion_mask'), deterministic=deterministic,
-                    rngs=t5_rngs)
-  loss_sum, weight_sum = cross_entropy(logits, batch['targets'], batch['target_weights'])
+                    rngs=t5_rngs, return_hidden=True)
+  loss_sum, weight_sum = loss_sums(hidden, lm_head_kernel(frozen_params), batch['targets'],
+                                   batch['target_weights'])
   loss = loss_sum / jnp.maximum(weight_sum, 1.0)
   metrics = {'loss_sum': loss_sum, 'weight_sum': weight_sum}
   consistency = jnp.zeros((), jnp.float32)

@@ -191,17 +191,32 @@ class T5(nn.Module):
                     peft: dict | None = None, deterministic: bool = True,
                     max_decode_length: int | None = None) -> Array:
     """Decoder + lm_head; `encoder_mask` is [B, S] (True where attendable)."""
-    h = self.decoder(decoder_input_tokens, encoded, encoder_mask[:, None, None, :], peft,
-                     deterministic, max_decode_length=max_decode_length)
+    h = self.decode_hidden(encoded, encoder_mask, decoder_input_tokens, peft, deterministic,
+                           max_decode_length)
     logits = self.lm_head(h)
     return nn.with_logical_constraint(logits, ('act_batch', 'act_len', 'act_vocab'))
 
+  def decode_hidden(self, encoded: Array, encoder_mask: Array, decoder_input_tokens: Array,
+                    peft: dict | None = None, deterministic: bool = True,
+                    max_decode_length: int | None = None) -> Array:
+    """The decoder's final states [B, T, D] (what `lm_head` reads)."""
+    return self.decoder(decoder_input_tokens, encoded, encoder_mask[:, None, None, :], peft,
+                        deterministic, max_decode_length=max_decode_length)
+
   def __call__(self, encoder_input_tokens: Array, decoder_input_tokens: Array,
                peft: dict | None = None, fusion_states: Array | None = None,
-               fusion_mask: Array | None = None, deterministic: bool = True) -> Array:
-    """Returns logits [batch, target_length, vocab] in the compute dtype."""
+               fusion_mask: Array | None = None, deterministic: bool = True,
+               return_hidden: bool = False) -> Array:
+    """Returns logits [batch, target_length, vocab] in the compute dtype.
+
+    With `return_hidden` it stops before `lm_head` and returns the decoder's
+    final states [batch, target_length, d_model]: losses then fuse the output
+    layer into a chunked cross-entropy (`hyperflax.model.xent`).
+    """
     encoded = self.encode(encoder_input_tokens, peft, deterministic)
     encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask)
+    if return_hidden:
+      return self.decode_hidden(encoded, mask, decoder_input_tokens, peft, deterministic)
     return self.decode_logits(encoded, mask, decoder_input_tokens, peft, deterministic)
 
 

@@ -53,7 +53,8 @@ def hyper_config_from(config: ml_collections.ConfigDict) -> hyper_lib.HyperConfi
   if config.method != 'hypermodel':
     return None
   h = dict(config.hyper)
-  for key in ('init_from', 'init_backbone'):  # trainer-level fields
+  for key in ('init_from', 'init_backbone', 'hyperpretrain_config',
+              'skip_hyperpretraining'):  # trainer-level fields
     h.pop(key, None)
   fields = {f.name for f in dataclasses.fields(hyper_lib.HyperConfig)}
   unknown = sorted(set(h) - fields)
@@ -159,11 +160,14 @@ class Experiment:
 
   def forward(self, trainable: dict, frozen: dict, batch: dict[str, Array], *,
               deterministic: bool = True, rng: Array | None = None,
-              peft=None, aux=None, shared_demos: bool = False) -> tuple[Array, dict]:
+              peft=None, aux=None, shared_demos: bool = False,
+              return_hidden: bool = False) -> tuple[Array, dict]:
     """Logits [B, T, V] for `batch`, and the generator's aux outputs.
 
     `peft`/`aux` may be given precomputed (a stored adapter); otherwise the
-    generator runs on `batch['hyper_inputs']`.
+    generator runs on `batch['hyper_inputs']`. With `return_hidden` the
+    decoder's final states [B, T, D] come instead of logits (for the fused
+    cross-entropy of `hyperflax.model.xent`).
     """
     rng = jax.random.PRNGKey(0) if rng is None else rng
     hyper_rng, t5_rng = jax.random.split(rng)
@@ -181,5 +185,6 @@ class Experiment:
                            batch['decoder_inputs'], peft=peft,
                            fusion_states=aux.get('fusion_states'),
                            fusion_mask=aux.get('fusion_mask'),
-                           deterministic=deterministic, rngs=rngs)
+                           deterministic=deterministic, rngs=rngs,
+                           return_hidden=return_hidden)
     return logits, aux

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from hyperflax.hyper.losses import consistency_loss, cross_entropy
+from hyperflax.hyper.losses import consistency_loss
 from hyperflax.model.decoding import greedy_decode
+from hyperflax.model.xent import lm_head_kernel, loss_sums, target_loglik
 from hyperflax.training.experiment import Experiment
 
 Array = jax.Array
@@ -72,8 +73,12 @@ def make_train_step(exp: Experiment, optimizer: optax.GradientTransformation,
   alpha = exp.hyper_config.consistency_alpha if exp.hyper_config else 0.0
 
   def loss_fn(trainable, frozen, micro, rng, prev_states, first):
-    logits, aux = exp.forward(trainable, frozen, micro, deterministic=False, rng=rng)
-    loss_sum, weight_sum = cross_entropy(logits, micro['targets'], micro['target_weights'])
+    # The output layer is fused into a chunked cross-entropy: [B, T, V]
+    # logits/log-probs are never materialised, in either pass.
+    hidden, aux = exp.forward(trainable, frozen, micro, deterministic=False, rng=rng,
+                              return_hidden=True)
+    kernel = lm_head_kernel(trainable.get('downstream', frozen.get('downstream')))
+    loss_sum, weight_sum = loss_sums(hidden, kernel, micro['targets'], micro['target_weights'])
     loss = loss_sum / jnp.maximum(weight_sum, 1.0)
     states = aux.get('states')
     cst = jnp.zeros((), jnp.float32)
@@ -128,11 +133,10 @@ def make_score_step(exp: Experiment, shared_demos: bool = True):
   generated once per batch from row 0.
   """
   def score(trainable, frozen, batch):
-    logits, _ = exp.forward(trainable, frozen, batch, deterministic=True,
-                            shared_demos=shared_demos)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    tok = jnp.take_along_axis(logp, batch['targets'][..., None].astype(jnp.int32), -1)[..., 0]
-    return jnp.sum(tok * batch['target_weights'], axis=-1)
+    hidden, _ = exp.forward(trainable, frozen, batch, deterministic=True,
+                            shared_demos=shared_demos, return_hidden=True)
+    kernel = lm_head_kernel(trainable.get('downstream', frozen.get('downstream')))
+    return target_loglik(hidden, kernel, batch['targets'], batch['target_weights'])
   return score
 
 
