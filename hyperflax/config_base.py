@@ -16,6 +16,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   c.model.preset = 'large'          # T5 v1.1 size when init_from is empty
   c.model.init_from = ''            # transformers dir or `hyperflax.convert` output
+  # An empty init_from means a randomly initialised frozen T5: a full-size run
+  # refuses that (`hyperflax.runtime.preflight`) unless this says it is meant.
+  c.model.allow_random_init = False
   c.model.dtype = 'bfloat16'        # compute dtype; parameters stay float32
   c.model.scan_layers = False       # nn.scan over layers (faster compiles at depth)
   c.model.remat = False             # rematerialise layers in the backward pass
@@ -63,6 +66,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True
   c.train.export_downstream = True  # write workdir/downstream when the T5 is trained
 
+  c.runtime = ml_collections.ConfigDict()
+  # A full-size config refuses a CPU backend (a worker whose TPU/GPU JAX is
+  # missing would train on its host CPU for days); True allows it.
+  c.runtime.allow_cpu = False
+
   # Device mesh (`hyperflax.sharding`): sizes of the data / fsdp / tensor
   # axes; -1 = all remaining devices (the default is pure data parallelism).
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
@@ -89,6 +97,8 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `:tiny` variant: same method and kind, a few real steps on one CPU."""
   c.model.preset = 'tiny'
   c.model.init_from = ''
+  c.model.allow_random_init = True  # tiny random T5s are what smoke runs train against
+  c.runtime.allow_cpu = True
   c.model.dtype = 'float32'
   c.model.dropout_rate = 0.0
   c.hyper.dtype = 'float32'
