@@ -66,7 +66,15 @@ def initialize(env: Mapping[str, str] | None = None) -> bool:
   args = cluster_args(env)
   if args is None:
     return False
-  jax.distributed.initialize(**args)
+  try:
+    jax.distributed.initialize(**args)
+  except ValueError as e:  # `{}` and JAX detected no cluster: say which variable asked for one
+    if args:
+      raise
+    raise ValueError(
+        f'HYPERFLAX_DISTRIBUTED=1 (or a multi-task TPU/SLURM/MPI environment) but JAX found no '
+        f'cluster to join ({e}): set HYPERFLAX_COORDINATOR=host:port, HYPERFLAX_NUM_PROCESSES '
+        f'and HYPERFLAX_PROCESS_ID, or unset HYPERFLAX_DISTRIBUTED on a single host') from None
   _initialized = True
   logging.info('jax.distributed: process %d of %d, %d local / %d global devices',
                jax.process_index(), jax.process_count(), jax.local_device_count(),

@@ -1,13 +1,11 @@
-"""Mesh construction, axis rules, sharding inference, multi-host env, launchers (1 device, fast).
+"""Mesh construction, axis rules, sharding inference, multi-host env (1 device, fast;
+launchers: test_launch.py).
 
 Shardings are computed against `AbstractMesh`es, so 8- to 64-device layouts
 are checked here without those devices; `test_sharding_mesh.py` runs them.
 """
 
 import math
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -17,8 +15,6 @@ from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
 
 from hyperflax import distributed, sharding
 from hyperflax.config_base import base_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def abstract_mesh(**sizes):
@@ -127,28 +123,6 @@ def test_cluster_args_from_environment():
   assert distributed.cluster_args({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '2'}) == {}
   assert distributed.cluster_args({'HYPERFLAX_DISTRIBUTED': '1'}) == {}
   assert not distributed.initialize({})  # single host: nothing to join
-
-
-def _dry(script, *args):
-  return subprocess.run([sys.executable, f'launch/{script}', *args, '--dry-run', '--', 'python',
-                         '-m', 'hyperflax.train', '--workdir=/x'], cwd=ROOT, capture_output=True,
-                        text=True, timeout=60, check=True).stdout.strip().splitlines()
-
-
-def test_tpu_pod_launcher_dry_run_targets_every_worker():
-  lines = _dry('tpu_vm_pod.py', '--tpu=pod', '--zone=us-central2-b', '--sync')
-  assert len(lines) == 3 and all('--worker=all' in line for line in lines)
-  assert 'HYPERFLAX_DISTRIBUTED=1' in lines[-1] and 'hyperflax.train' in lines[-1]
-
-
-def test_gpu_launcher_dry_run_ranks_each_node_and_slurm():
-  lines = _dry('gpu_multinode.py', '--hosts=a,b,c', '--port=7000')
-  assert len(lines) == 4 and lines[-1] == 'wait'
-  for rank, line in enumerate(lines[:3]):
-    assert line.startswith(f'ssh -o BatchMode=yes {"abc"[rank]} ')
-    assert 'HYPERFLAX_COORDINATOR=a:7000' in line and f'HYPERFLAX_PROCESS_ID={rank}' in line
-  (srun,) = _dry('gpu_multinode.py', '--slurm', '--nodes=2')
-  assert srun.startswith('srun --nodes=2 --ntasks-per-node=1')
 
 
 def test_plan_parses_meshes_and_knows_slices():
