@@ -245,6 +245,9 @@ def main(argv=None) -> None:
     from hyperflax import distributed
     distributed.initialize()  # multi-host from the environment; no-op on one host
     config = flags.FLAGS.config
+    from hyperflax import runtime
+    runtime.preflight(config)  # full-size on CPU / random frozen T5: refused before any write
+    runtime.log_runtime(sharding.make_mesh(config))
     t0 = time.time()
     out = train(config, flags.FLAGS.workdir)
     print(f'training finished in {time.time() - t0:.0f}s; loss {float(out["metrics"]["loss"]):.4f}')
