@@ -161,6 +161,9 @@ def main(argv=None) -> None:
 
   def run(_):
     config = flags.FLAGS.config
+    from hyperflax import runtime
+    runtime.preflight(config)  # full-size on CPU / random frozen T5: refused
+    runtime.log_runtime()
     exp = Experiment.from_config(config)
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train() does
     trainable, frozen = exp.init(init_rng)
