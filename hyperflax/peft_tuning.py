@@ -351,6 +351,9 @@ def main(argv=None) -> None:
     logging.getLogger().setLevel(logging.WARNING)
     f = flags.FLAGS
     config, runs = _config_and_runs(f.config, f.hyper_workdir, f.shared_workdir)
+    from hyperflax import runtime
+    runtime.preflight(config)  # a full-size T5 on CPU is refused unless allowed
+    runtime.log_runtime()
     exp = Experiment(config, t5_config_from(config), None)
     downstream = exp.load_downstream(jax.random.PRNGKey(0))
     split = f.split or config.eval.get('split', 'validation')
