@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format='%(message)s')
   logging.getLogger('hyperflax').setLevel(logging.INFO)  # ours, not orbax's chatter
+  from hyperflax import runtime
+  runtime.log_runtime()  # one adapter is inference, which a CPU can do: nothing refused
   try:
     if args.adapter:
       if args.export_downstream:
