@@ -9,35 +9,40 @@ Layout of a converted model directory::
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import numpy as np
 
 from hyperflax.model.config import T5Config
+from hyperflax.workdir import as_path, write_atomic
 
 
-def is_params_checkpoint(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, 'params'))
+def is_params_checkpoint(path) -> bool:
+  return (as_path(path) / 'params').is_dir()
 
 
-def save_params(path: str, params, config: T5Config) -> None:
+def save_params(path, params, config: T5Config) -> None:
   import orbax.checkpoint as ocp
-  path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    json.dump(config.to_hf_dict(), f, indent=2, sort_keys=True)
-  target = os.path.join(path, 'params')
+  path = as_path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  write_atomic(path / 'config.json', json.dumps(config.to_hf_dict(), indent=2, sort_keys=True))
   with ocp.PyTreeCheckpointer() as ckptr:
-    ckptr.save(target, jax.tree.map(np.asarray, params), force=True)
+    ckptr.save(path / 'params', jax.tree.map(np.asarray, params), force=True)
 
 
-def restore_params(path: str):
+def restore_params(path):
   """Restores the parameter tree as numpy arrays (host memory)."""
   import orbax.checkpoint as ocp
-  target = os.path.join(os.path.abspath(path), 'params')
+  target = as_path(path) / 'params'
   with ocp.PyTreeCheckpointer() as ckptr:
-    meta = ckptr.metadata(target)
-    tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return ckptr.restore(target, restore_args=restore_args)
+    try:
+      meta = ckptr.metadata(target)
+      tree = meta.item_metadata.tree if hasattr(meta, 'item_metadata') else meta
+      tree = getattr(tree, 'tree', tree)
+      if not isinstance(tree, dict):
+        raise ValueError('no readable _METADATA')
+      restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+      return ckptr.restore(target, restore_args=restore_args)
+    except Exception as e:  # orbax/tensorstore raise many types for damaged or partial dirs
+      raise ValueError(f'{target}: not a readable orbax parameter checkpoint ({type(e).__name__}: '
+                       f'{str(e).splitlines()[0][:160] if str(e) else ""})') from e

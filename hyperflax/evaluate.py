@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import sys
 from collections import defaultdict
 
 import jax
@@ -26,6 +26,7 @@ import numpy as np
 from hyperflax import metrics as metrics_lib
 from hyperflax.training.experiment import Experiment
 from hyperflax.training.step import make_generate_step, make_score_step
+from hyperflax.workdir import as_path, load_run_config, load_trainable, write_atomic
 
 _ARRAY_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets',
                  'target_weights')
@@ -138,41 +139,68 @@ def evaluate(config: ml_collections.ConfigDict, exp: Experiment, trainable: dict
                                    for g, m in group_metrics.items()},
              'average_metrics': {k: float(np.mean([r[k] for r in per_task.values() if k in r]))
                                  for k in sorted({k for r in per_task.values() for k in r})}}
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'predictions.jsonl'), 'w') as f:
-    for row in all_rows:
-      f.write(json.dumps(row) + '\n')
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  out = as_path(workdir)
+  write_atomic(out / 'predictions.jsonl', ''.join(json.dumps(row) + '\n' for row in all_rows))
+  write_atomic(out / 'results.json', json.dumps(summary, indent=2))
   name = label or (config.hyper.kind if config.method == 'hypermodel' else config.method)
   columns = sorted(summary['per_group'])
   print(metrics_lib.format_table({name: summary['per_group']}, columns))
   return summary
 
 
-def main(argv=None) -> None:
-  from absl import app, flags
+def main(argv=None) -> int:
+  from absl import flags
   from ml_collections import config_flags
-  from hyperflax.train import load_trainable
-  config_flags.DEFINE_config_file('config', None, 'ml_collections config file', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'training workdir holding checkpoints/')
-  flags.DEFINE_string('split', None, 'evaluation split (default: config.eval.split)')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  from hyperflax import cli
 
-  def run(_):
-    config = flags.FLAGS.config
+  def define(fv):
+    config_flags.DEFINE_config_file(
+        'config', None, 'optional: a config whose eval/data fields override the run\'s own '
+        'config.json (model, hyper and method always come from the workdir)', flag_values=fv,
+        lock_config=False)
+    flags.DEFINE_string('workdir', None, 'training workdir (or gs:// URL) holding checkpoints/',
+                        flag_values=fv)
+    flags.DEFINE_string('split', None, 'evaluation split (default: config.eval.split)',
+                        flag_values=fv)
+
+  def run(fv):
+    config = run_config(fv.workdir, fv.config)
     from hyperflax import runtime
     runtime.preflight(config)  # full-size on CPU / random frozen T5: refused
     runtime.log_runtime()
     exp = Experiment.from_config(config)
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train() does
     trainable, frozen = exp.init(init_rng)
-    restored = load_trainable(flags.FLAGS.workdir)
+    step, restored = load_trainable(fv.workdir, with_step=True)
+    logging.info('evaluating %s at step %d', fv.workdir, step)
     trainable = jax.tree.map(jnp.asarray, restored)
-    evaluate(config, exp, trainable, frozen, flags.FLAGS.workdir, flags.FLAGS.split)
+    evaluate(config, exp, trainable, frozen, fv.workdir, fv.split)
+    return 0
 
-  app.run(run, argv=argv)
+  return cli.absl_main(__doc__, define, run, argv, 'hyperflax.evaluate', required=('workdir',))
+
+
+def run_config(workdir, given=None) -> ml_collections.ConfigDict:
+  """The workdir's own config.json (tokenizer pinned); from `given` only the
+  `eval` section and data paths are taken, and a different architecture is refused."""
+  from hyperflax.workdir import WorkdirError, architecture
+  config = load_run_config(workdir)
+  if given is None:
+    return config
+  theirs, ours = architecture(config), architecture(given)
+  diffs = [f'{k}={ours.get(k)!r} (the run has {theirs.get(k)!r})' for k in sorted(theirs)
+           if theirs.get(k) != ours.get(k)]
+  if diffs:
+    raise WorkdirError(f'--config asks for {"; ".join(diffs)}: {workdir} was trained otherwise; '
+                       'drop --config to use its own config.json')
+  with config.unlocked():
+    config.eval = given.eval
+    config.runtime = given.get('runtime', config.get('runtime'))  # this machine, not the run's
+    for key in ('data_dir',):
+      if given.data.get(key):
+        config.data[key] = given.data[key]
+  return config
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

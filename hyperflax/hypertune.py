@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import datetime
 import functools
-import hashlib
 import logging
 import os
 import sys
@@ -58,24 +57,10 @@ def read_examples(path: str) -> list[Example]:
   return out
 
 
-def _latest_step(workdir: str) -> int:
-  import orbax.checkpoint as ocp
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  with ocp.CheckpointManager(directory, item_names=('state', 'meta')) as mngr:
-    step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f'{directory}: no finished checkpoint')
-  return int(step)
-
-
 def tokenizer_info(tokenizer) -> dict[str, Any]:
   """How predict re-creates the tokenizer (kind, path, file hash)."""
-  from hyperflax.data import synthetic
-  if isinstance(tokenizer, synthetic.WordTokenizer):
-    return {'kind': 'words', 'path': None, 'sha256': None}
-  with open(tokenizer.path, 'rb') as f:
-    digest = hashlib.sha256(f.read()).hexdigest()
-  return {'kind': 'sentencepiece', 'path': os.path.abspath(tokenizer.path), 'sha256': digest}
+  from hyperflax.workdir import tokenizer_info as info
+  return info(tokenizer)
 
 
 @functools.lru_cache(maxsize=16)
@@ -145,12 +130,12 @@ class Hypermodel:
 def load_hypermodel(checkpoint: str) -> Hypermodel:
   """Reads a training workdir: config.json, the newest checkpoint, the tokenizer."""
   from hyperflax.data import registry
-  from hyperflax.train import load_run_config, load_trainable
   from hyperflax.training.experiment import Experiment
-  config = load_run_config(checkpoint, 'hypermodel')
+  from hyperflax.workdir import as_path, load_run_config, load_trainable
+  checkpoint = os.fspath(as_path(checkpoint))
+  config = load_run_config(checkpoint, 'hypermodel')  # tokenizer pinned to the run's
   exp = Experiment.from_config(config)
-  step = _latest_step(checkpoint)
-  trainable = load_trainable(checkpoint)
+  step, trainable = load_trainable(checkpoint, with_step=True)
   d = config.data
   # The tokenizer the training data used (the synthetic suite has its own).
   _, ctx = registry._context(d.name, config.seed, d.num_shots, d.get('data_dir') or None,  # pylint: disable=protected-access
@@ -160,10 +145,10 @@ def load_hypermodel(checkpoint: str) -> Hypermodel:
   from hyperflax.data.converters import Converter
   init_from = config.model.get('init_from', '')
   if 'downstream' in trainable:
-    source = f'{os.path.abspath(checkpoint)} (downstream trained with the hypermodel, step {step})'
+    source = f'{checkpoint} (downstream trained with the hypermodel, step {step})'
   else:
-    source = os.path.abspath(init_from) if init_from else f'random init (seed {config.seed})'
-  return Hypermodel(os.path.abspath(checkpoint), step, config, exp,
+    source = os.fspath(as_path(init_from)) if init_from else f'random init (seed {config.seed})'
+  return Hypermodel(checkpoint, step, config, exp,
                     jax.tree.map(jnp.asarray, trainable['hyper']),
                     Converter(ctx.tokenizer, lengths, 'hyper'), source,
                     _trained_downstream=trainable.get('downstream'))
@@ -255,7 +240,7 @@ def hyper_init_params(adapter: adapters_lib.Adapter) -> tuple[str, dict]:
     return 'shared_lora', params
   if adapter.kind == 'prefix_mlp' and 'init/embeddings' in adapter.tensors:
     from hyperflax.hyper.shared import shared_prefix_from_hypermodel
-    from hyperflax.train import load_trainable
+    from hyperflax.workdir import load_trainable
     hyper = load_trainable(adapter.manifest['hypermodel']['checkpoint'])['hyper']
     params = shared_prefix_from_hypermodel(hyper, adapter.tensors['init/embeddings'])
     return 'shared_prefix', jax.tree.map(np.asarray, params)
@@ -266,8 +251,9 @@ def hyper_init_params(adapter: adapters_lib.Adapter) -> tuple[str, dict]:
 def write_hyper_init(adapter: adapters_lib.Adapter, workdir: str) -> str:
   """Writes `workdir/checkpoints` for `--config.hyper.init_from=workdir`."""
   from hyperflax.training.checkpointing import Checkpointer
+  from hyperflax.workdir import as_path
   kind, params = hyper_init_params(adapter)
-  ckpt = Checkpointer(os.path.join(workdir, 'checkpoints'), keep=1, async_save=False)
+  ckpt = Checkpointer(as_path(workdir) / 'checkpoints', keep=1, async_save=False)
   ckpt.save(0, {'step': np.zeros((), np.int32), 'trainable': {'hyper': params}},
             {'step': 0, 'method': 'hypermodel', 'hyper_kind': kind,
              'hyper_init_from_adapter': adapter.manifest})
@@ -290,35 +276,39 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--export-downstream', help='write the downstream T5 (transformers dir)')
   parser.add_argument('--export-peft', help='write the LoRA adapter in PEFT layout')
   parser.add_argument('--hyper-init', help='write a workdir that initialises PEFT tuning')
+  parser.add_argument('--verbose', '--debug', action='store_true',
+                      help='tracebacks and library INFO logs')
   args = parser.parse_args(argv)
-  logging.basicConfig(level=logging.WARNING, format='%(message)s')
+  from hyperflax import cli
+  cli.setup_logging(args.verbose or cli.verbose_requested([]), logging.WARNING)
   logging.getLogger('hyperflax').setLevel(logging.INFO)  # ours, not orbax's chatter
   from hyperflax import runtime
   runtime.log_runtime()  # one adapter is inference, which a CPU can do: nothing refused
-  try:
-    if args.adapter:
-      if args.export_downstream:
-        parser.error('--export-downstream needs --checkpoint (the adapter does not hold a T5)')
-      adapter = adapters_lib.load_adapter(args.adapter)
-    else:
-      if not (args.checkpoint and args.examples and args.out):
-        parser.error('--checkpoint, --examples and --out are required (or give --adapter)')
-      hm = load_hypermodel(args.checkpoint)
-      adapter = hypertune(hm, args.examples, args.definition, args.max_demos)
-      adapters_lib.save_adapter(adapter, args.out)
-      demos = adapter.manifest['demonstrations']
-      print(f'wrote {args.out} ({adapter.kind}; {demos["used"]} demonstrations used, '
-            f'{demos["dropped_to_fit"] + demos["beyond_num_shots"]} dropped)')
-      if args.export_downstream:
-        print(f'wrote {export_downstream(hm, args.export_downstream)} (transformers T5)')
-    if args.export_peft:
-      adapters_lib.export_peft(adapter, args.export_peft)
-      print(f'wrote {args.export_peft} (PEFT LoRA)')
-    if args.hyper_init:
-      print(f'wrote {args.hyper_init} ({write_hyper_init(adapter, args.hyper_init)} init)')
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return cli.guard(lambda: _run(parser, args), args.verbose or cli.verbose_requested([]),
+                   'hyperflax.hypertune')
+
+
+def _run(parser, args) -> int:
+  if args.adapter:
+    if args.export_downstream:
+      parser.error('--export-downstream needs --checkpoint (the adapter does not hold a T5)')
+    adapter = adapters_lib.load_adapter(args.adapter)
+  else:
+    if not (args.checkpoint and args.examples and args.out):
+      parser.error('--checkpoint, --examples and --out are required (or give --adapter)')
+    hm = load_hypermodel(args.checkpoint)
+    adapter = hypertune(hm, args.examples, args.definition, args.max_demos)
+    adapters_lib.save_adapter(adapter, args.out)
+    demos = adapter.manifest['demonstrations']
+    print(f'wrote {args.out} ({adapter.kind}; {demos["used"]} demonstrations used, '
+          f'{demos["dropped_to_fit"] + demos["beyond_num_shots"]} dropped)')
+    if args.export_downstream:
+      print(f'wrote {export_downstream(hm, args.export_downstream)} (transformers T5)')
+  if args.export_peft:
+    adapters_lib.export_peft(adapter, args.export_peft)
+    print(f'wrote {args.export_peft} (PEFT LoRA)')
+  if args.hyper_init:
+    print(f'wrote {args.hyper_init} ({write_hyper_init(adapter, args.hyper_init)} init)')
   return 0
 
 

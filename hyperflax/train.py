@@ -4,16 +4,17 @@ r"""Train a hypermodel (or a baseline) against a frozen T5 v1.1.
   python -m hyperflax.train --config=configs/hart_xl.py:tiny --workdir=/tmp/hart \
       --config.train.num_steps=20
 
-Rerunning the same command resumes from the newest checkpoint in
+Rerunning the same command resumes from the newest readable checkpoint in
 `--workdir/checkpoints` (parameters, optimiser state, HART's previous
-states, data position, RNG). SIGTERM saves a checkpoint and exits cleanly.
+states, data position, RNG); rerunning a finished run only (re)writes its
+evaluation. SIGTERM and Ctrl-C (SIGINT) save a checkpoint and exit. The
+workdir may be a URL (gs://bucket/run). Config fields: hyperflax/config_base.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import signal
 import sys
 import time
@@ -22,12 +23,14 @@ import jax
 import ml_collections
 import numpy as np
 
-from hyperflax import sharding
+from hyperflax import config_check, sharding
 from hyperflax.training import checkpointing, reporting
 from hyperflax.training.experiment import Experiment
 from hyperflax.training.optim import make_optimizer
 from hyperflax.training.sharded import Plan
 from hyperflax.training.step import make_train_step
+from hyperflax.workdir import (Workdir, WorkdirError, absolute_paths, load_run_config,  # noqa: F401 (re-exported)
+                               load_trainable, tokenizer_info, tokenizer_of)
 
 STEP_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets', 'target_weights')
 
@@ -67,19 +70,37 @@ class _NullReporter:
   write = close = lambda self, *a, **k: None
 
 
-class _Preemption:
-  """Turns SIGTERM (TPU VM preemption, `kill`) into a flag the loop checks."""
+class _Interrupts:
+  """SIGTERM (TPU VM preemption, `kill`) and SIGINT (Ctrl-C) become a flag the loop
+  checks: it saves a checkpoint at the next step and exits. A second Ctrl-C stops
+  at once (losing what the checkpoint would have saved)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.received = None
+    self._previous = {}
+    try:
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # not the main thread: the caller handles signals
+      self._previous = {}
 
   def _handle(self, signum, frame):
-    logging.warning('SIGTERM received: saving a checkpoint and exiting')
-    self.requested = True
+    name = signal.Signals(signum).name
+    if self.received == 'SIGINT' and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    logging.warning('%s received: saving a checkpoint at the end of this step and exiting '
+                    '(Ctrl-C again to stop without saving)', name)
+    self.received = name
+
+  @property
+  def requested(self) -> bool:
+    return self.received is not None
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def _meta(config, state_step: int) -> dict:
@@ -94,17 +115,33 @@ def _check_compatible(meta: dict, config) -> None:
                    ('hyper_kind', config.hyper.get('kind') if config.method == 'hypermodel'
                     else None)):
     if meta.get(key) != now:
-      raise ValueError(f'--workdir holds a checkpoint of {key}={meta.get(key)!r} but the config '
-                       f'asks for {now!r}: use another --workdir')
+      raise WorkdirError(f'--workdir holds a checkpoint of {key}={meta.get(key)!r} but the '
+                         f'config asks for {now!r}: use another --workdir')
 
 
-def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Runs (or resumes) training; returns the final trainable/frozen params and metrics."""
+def train(config: ml_collections.ConfigDict, workdir) -> dict:
+  """Runs (or resumes) training; returns the final trainable/frozen params and metrics.
+
+  The config is validated, the workdir locked and checked against the run it
+  may already hold before anything is written (see `hyperflax.workdir`).
+  A finished run is not trained again (its final state is returned).
+  """
+  config_check.validate(config)
+  wd = Workdir(workdir)
   primary = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  absolute_paths(config)
+  tokenizer = tokenizer_info(tokenizer_of(config))
   if primary:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
+    wd.lock.acquire()
+  try:
+    wd.check_compatible(config, tokenizer)
+    return _train(config, wd, tokenizer, primary)
+  finally:
+    if primary:
+      wd.lock.release()
+
+
+def _train(config, wd: Workdir, tokenizer: dict, primary: bool) -> dict:
   exp = Experiment.from_config(config)
   rng = jax.random.PRNGKey(config.seed)
   hyper_params = None
@@ -130,57 +167,80 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
   micro = {k: np.zeros((batch_rows // accum,) + v.shape[1:], v.dtype) for k, v in first.items()}
   plan = Plan.build(exp, optimizer, config, mesh, micro)
   state, frozen = plan.create(rng, micro, hyper_params)
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                    keep=config.train.keep_checkpoints)
-  restored = ckpt.restore_latest(state)
-  if restored is not None:
-    state, meta = restored
-    _check_compatible(meta, config)
-    logging.info('resumed from step %d', int(state.step))
-  start = int(state.step)
-  step_fn = plan.jit_train_step(make_train_step(exp, optimizer, accum), {
-      k: jax.ShapeDtypeStruct((batch_rows,) + v.shape[1:], v.dtype) for k, v in first.items()})
-  reporter = reporting.Reporter(workdir, num_steps, start,
-                                tensorboard=config.train.get('tensorboard', True)) if primary \
-      else _NullReporter()
-  preemption = _Preemption()
-  metrics, tokens = {}, 0
+  ckpt = checkpointing.Checkpointer(wd.checkpoints, keep=config.train.keep_checkpoints)
+  reporter, interrupts = _NullReporter(), None
   try:
-    stream = train_stream(config, exp, start, rows)
-    for step in range(start, num_steps):
-      host_batch = next(stream)
-      # Non-padding tokens read or predicted (hypermodel + downstream), for tokens/s.
-      tokens += sum(int(np.count_nonzero(host_batch[k])) for k in
-                    ('hyper_inputs', 'encoder_inputs', 'targets') if k in host_batch)
-      state, metrics = step_fn(state, frozen, plan.global_batch(host_batch, batch_rows))
-      done = step + 1
-      if done % config.train.log_every == 0 or done == num_steps:
-        m = jax.device_get(metrics)
-        reporter.write(done, {k: v for k, v in m.items() if k != 'tokens'}, tokens)
-        tokens = 0
-      stop = preemption.requested
-      if jax.process_count() > 1:  # all hosts must save (together) and stop at one step
-        from jax.experimental import multihost_utils
-        stop = bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
-      if done % config.train.checkpoint_every == 0 or done == num_steps or stop:
-        ckpt.save(done, state, _meta(config, done))
-      if stop:
-        ckpt.wait()
-        logging.warning('saved step %d after SIGTERM; exiting', done)
-        sys.exit(0)
+    # Refuses another architecture before anything is written; moves damaged
+    # checkpoints aside so their steps can be saved again.
+    restored = ckpt.restore_latest(state, quarantine=True)
+    if restored is not None:
+      state, meta = restored
+      _check_compatible(meta, config)
+      logging.info('resumed from step %d', int(state.step))
+    if primary:
+      wd.write_run(config, tokenizer)
+    start = int(state.step)
+    metrics = {}
+    if start >= num_steps:
+      logging.info('%s: already trained to step %d (train.num_steps=%d); nothing to train',
+                   wd.path, start, num_steps)
+      if restored is None:  # num_steps=0: keep the initial state, as a run would
+        ckpt.save(start, state, _meta(config, start))
+      metrics = (reporting.read_metrics(wd.path) or [{}])[-1]
+    else:
+      step_fn = plan.jit_train_step(make_train_step(exp, optimizer, accum), {
+          k: jax.ShapeDtypeStruct((batch_rows,) + v.shape[1:], v.dtype)
+          for k, v in first.items()})
+      if primary:
+        reporter = reporting.Reporter(wd.path, num_steps, start,
+                                      tensorboard=config.train.get('tensorboard', True))
+      interrupts = _Interrupts()
+      state, metrics = _loop(config, state, frozen, step_fn, plan, ckpt, reporter, interrupts,
+                             rows, exp, start, num_steps, batch_rows)
   finally:
     ckpt.close()
     reporter.close()
-    preemption.restore()
+    if interrupts is not None:
+      interrupts.restore()
   if primary:
-    reporting.plot_losses(workdir)
+    reporting.plot_losses(wd.path)
   if exp.trains_downstream and config.train.get('export_downstream', True):
-    export_downstream(exp, state.trainable['downstream'], os.path.join(workdir, 'downstream'))
+    export_downstream(exp, state.trainable['downstream'], wd.path / 'downstream')
   return {'trainable': state.trainable, 'frozen': frozen, 'experiment': exp,
           'metrics': jax.device_get(metrics), 'state': state}
 
 
-def export_downstream(exp: Experiment, params, out_dir: str) -> None:
+def _loop(config, state, frozen, step_fn, plan, ckpt, reporter, interrupts, rows, exp,
+          start, num_steps, batch_rows):
+  metrics, tokens = {}, 0
+  stream = train_stream(config, exp, start, rows)
+  for step in range(start, num_steps):
+    host_batch = next(stream)
+    # Non-padding tokens read or predicted (hypermodel + downstream), for tokens/s.
+    tokens += sum(int(np.count_nonzero(host_batch[k])) for k in
+                  ('hyper_inputs', 'encoder_inputs', 'targets') if k in host_batch)
+    state, metrics = step_fn(state, frozen, plan.global_batch(host_batch, batch_rows))
+    done = step + 1
+    if done % config.train.log_every == 0 or done == num_steps:
+      m = jax.device_get(metrics)
+      reporter.write(done, {k: v for k, v in m.items() if k != 'tokens'}, tokens)
+      tokens = 0
+    stop = interrupts.requested
+    if jax.process_count() > 1:  # all hosts must save (together) and stop at one step
+      from jax.experimental import multihost_utils
+      stop = bool(np.any(multihost_utils.process_allgather(np.int32(stop))))
+    if done % config.train.checkpoint_every == 0 or done == num_steps or stop:
+      ckpt.save(done, state, _meta(config, done))
+    if stop:
+      ckpt.wait()
+      signame = interrupts.received or 'SIGTERM'  # another host's signal
+      logging.warning('saved step %d after %s; exiting (rerun the same command to resume)',
+                      done, signame)
+      sys.exit(130 if signame == 'SIGINT' else 0)
+  return state, metrics
+
+
+def export_downstream(exp: Experiment, params, out_dir) -> None:
   """Writes a trained downstream T5 as a `load_pretrained`-able directory."""
   from hyperflax import checkpoints
   from hyperflax.model import hf
@@ -195,69 +255,38 @@ def export_downstream(exp: Experiment, params, out_dir: str) -> None:
                           exp.t5_config.replace(scan_layers=False, remat=False))
 
 
-def load_run_config(workdir: str, method: str | None = None) -> ml_collections.ConfigDict:
-  """The config.json a `train` run wrote into `workdir` (checked to be `method`)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{workdir}: no config.json (not a hyperflax.train workdir)')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  if method is not None and config.get('method') != method:
-    raise ValueError(f'{path}: method={config.get("method")!r}; this needs a '
-                     f'config.method={method!r} run')
-  return config
-
-
-def load_trainable(workdir: str) -> dict:
-  """The trainable parameters of the newest checkpoint in a training workdir."""
-  import orbax.checkpoint as ocp
-  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'{workdir}: no checkpoints/ directory (not a training workdir)')
-  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
-  for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
-    registry.add('state', args, ocp.StandardCheckpointHandler)
-  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):  # known, so orbax does not warn
-    registry.add('meta', args, ocp.JsonCheckpointHandler)
-  with ocp.CheckpointManager(directory, handler_registry=registry) as mngr:
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'{directory}: no finished checkpoint')
-    # Onto this process's first device whatever mesh wrote it (the saved
-    # shardings name devices that may not exist here).
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                          mngr.item_metadata(step)['state'])
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))
-  return jax.tree.map(np.asarray, restored['state']['trainable'])
-
-
-def main(argv=None) -> None:
-  from absl import app, flags
+def main(argv=None) -> int:
+  from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'ml_collections config file', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'directory for checkpoints, metrics and results')
-  flags.mark_flags_as_required(['config', 'workdir'])
+  from hyperflax import cli
 
-  def run(_):
-    logging.getLogger().setLevel(logging.INFO)
+  def define(fv):
+    config_flags.DEFINE_config_file('config', None, 'ml_collections config file (fields: '
+                                    'hyperflax/config_base.py)', flag_values=fv,
+                                    lock_config=True)
+    flags.DEFINE_string('workdir', None, 'directory or URL (gs://...) for checkpoints, '
+                        'metrics and results', flag_values=fv)
+
+  def run(fv):
     from hyperflax import distributed
     distributed.initialize()  # multi-host from the environment; no-op on one host
-    config = flags.FLAGS.config
+    config = fv.config
     from hyperflax import runtime
     runtime.preflight(config)  # full-size on CPU / random frozen T5: refused before any write
     runtime.log_runtime(sharding.make_mesh(config))
     t0 = time.time()
-    out = train(config, flags.FLAGS.workdir)
-    print(f'training finished in {time.time() - t0:.0f}s; loss {float(out["metrics"]["loss"]):.4f}')
+    out = train(config, fv.workdir)
+    loss = out['metrics'].get('loss') if hasattr(out['metrics'], 'get') else None
+    print(f'training finished in {time.time() - t0:.0f}s' +
+          (f'; loss {float(loss):.4f}' if loss is not None else ''))
     if config.get('eval') and config.eval.get('name'):
       from hyperflax import evaluate
-      evaluate.evaluate(config, out['experiment'], out['trainable'], out['frozen'],
-                        flags.FLAGS.workdir)
+      evaluate.evaluate(config, out['experiment'], out['trainable'], out['frozen'], fv.workdir)
+    return 0
 
-  app.run(run, argv=argv)
+  return cli.absl_main(__doc__, define, run, argv, 'hyperflax.train',
+                       required=('config', 'workdir'))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

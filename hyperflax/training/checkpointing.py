@@ -3,12 +3,22 @@
 Only trainable state is saved (parameters being trained, optimiser state,
 HART's previous states, step = data position, RNG). The frozen downstream
 model is referenced by `config.model.init_from` in the saved metadata.
+
+Each finished checkpoint gets `CHECKSUMS.json` (sha256 of every file, written
+by process 0 once orbax has committed the step). A checkpoint whose files do
+not match it, that orbax cannot read, or that holds NaN/Inf is *unreadable*:
+restoring falls back to the previous one, and a trainer moves the unreadable
+ones to `<workdir>/quarantine/` before it saves over their step numbers.
+A checkpoint of another structure (another architecture) is not "unreadable":
+it is refused, naming the differing arrays, and nothing is moved.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from typing import Any
 
 import flax.serialization
@@ -16,57 +26,223 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from hyperflax.workdir import WorkdirError, as_path, file_sha256, write_atomic
+
+log = logging.getLogger('hyperflax.checkpointing')
+CHECKSUMS = 'CHECKSUMS.json'
+
+
+class Unreadable(Exception):
+  """A damaged checkpoint (checksum, orbax/tensorstore error, non-finite values)."""
+
 
 def _to_tree(state) -> dict:
   tree = flax.serialization.to_state_dict(state)
   return {k: v for k, v in tree.items() if v is not None}
 
 
+def _files(directory) -> list:
+  out = []
+  for child in sorted(as_path(directory).iterdir(), key=lambda p: p.name):
+    if child.is_dir():
+      out.extend(_files(child))
+    elif child.name != CHECKSUMS:
+      out.append(child)
+  return out
+
+
+def write_checksums(step_dir) -> None:
+  step_dir = as_path(step_dir)
+  sums = {os.fspath(f.relative_to(step_dir)): file_sha256(f) for f in _files(step_dir)}
+  write_atomic(step_dir / CHECKSUMS, json.dumps(sums, indent=0, sort_keys=True))
+
+
+def verify_checksums(step_dir) -> bool:
+  """Raises `Unreadable` on a mismatch; False when the step has no manifest."""
+  step_dir = as_path(step_dir)
+  path = step_dir / CHECKSUMS
+  if not path.exists():
+    return False
+  try:
+    sums = json.loads(path.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise Unreadable(f'{path}: damaged ({e})') from None
+  for name, digest in sums.items():
+    f = step_dir / name
+    if not f.exists():
+      raise Unreadable(f'{f} is missing')
+    if file_sha256(f) != digest:
+      raise Unreadable(f'{f} does not match its sha256 in {CHECKSUMS}')
+  return True
+
+
+def _check_finite(tree, where: str) -> None:
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    a = np.asarray(leaf)
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+      raise Unreadable(f'{where}: {jax.tree_util.keystr(path)} holds NaN/Inf')
+
+
+def _structure_diff(saved, wanted) -> list[str]:
+  """Paths whose presence or shape differs between saved metadata and the template."""
+  flat_saved = {jax.tree_util.keystr(p): tuple(getattr(v, 'shape', ()))
+                for p, v in jax.tree_util.tree_leaves_with_path(saved)}
+  flat_wanted = {jax.tree_util.keystr(p): tuple(getattr(v, 'shape', ()))
+                 for p, v in jax.tree_util.tree_leaves_with_path(wanted)}
+  diffs = []
+  for key in sorted(set(flat_saved) | set(flat_wanted)):
+    a, b = flat_saved.get(key), flat_wanted.get(key)
+    if a != b:
+      diffs.append(f'{key}: saved {a if a is not None else "absent"}, '
+                   f'config {b if b is not None else "absent"}')
+  return diffs
+
+
+def _manager(directory, options=None, item_names=('state', 'meta')):
+  registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
+    registry.add('state', args, ocp.StandardCheckpointHandler)
+  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):  # known, so orbax does not warn
+    registry.add('meta', args, ocp.JsonCheckpointHandler)
+  del item_names
+  return ocp.CheckpointManager(as_path(directory), options=options, handler_registry=registry)
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for `TrainState`s."""
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory, keep: int = 3, async_save: bool = True):
+    self.directory = as_path(directory)
+    self.primary = jax.process_index() == 0
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=async_save)
-    self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=('state', 'meta'))
+    self.manager = _manager(self.directory, options)
+    self._unsummed: list[int] = []
+
+  def _step_dir(self, step: int):
+    return self.directory / str(step)
+
+  def _finish_pending(self) -> None:
+    """Waits for orbax to commit, then writes the checksums of the new steps."""
+    self.manager.wait_until_finished()
+    pending, self._unsummed = self._unsummed, []
+    if self.primary:
+      for step in pending:
+        if self._step_dir(step).exists():  # not already rotated out
+          write_checksums(self._step_dir(step))
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
+    self._finish_pending()
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)), force=True)
+    self._unsummed.append(step)
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    self._finish_pending()
 
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
-  def restore_latest(self, template) -> tuple[Any, dict] | None:
+  def _restore(self, step: int, abstract) -> tuple[dict, dict]:
+    where = os.fspath(self._step_dir(step))
+    try:
+      verify_checksums(self._step_dir(step))
+      saved = self.manager.item_metadata(step)['state']
+    except Unreadable:
+      raise
+    except Exception as e:  # orbax/tensorstore/JSON raise many types for damaged files
+      raise Unreadable(f'{where}: {type(e).__name__}: {e}') from None
+    if saved is not None:
+      diffs = _structure_diff(dict(saved), abstract)
+      if diffs:
+        raise WorkdirError(f'{where} holds another architecture than the config '
+                           f'({len(diffs)} arrays differ, e.g. {diffs[0]}): use another '
+                           '--workdir, or the config the run was trained with')
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # pylint: disable=broad-except
+      raise Unreadable(f'{where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}') from None
+    _check_finite(restored['state'], where)
+    return dict(restored['state']), dict(restored['meta'])
+
+  def restore_latest(self, template, quarantine: bool = False) -> tuple[Any, dict] | None:
     """Restores the newest readable checkpoint into the structure of `template`.
 
-    A checkpoint that fails to restore (corrupt or partial) is skipped with a
-    warning and the previous one is tried. Returns None when none exists.
+    An unreadable checkpoint (see the module docstring) is skipped with a
+    warning and the previous one is tried; with `quarantine`, the skipped ones
+    are moved to `<workdir>/quarantine/` so their steps can be saved again.
+    Returns None when none is readable.
     """
-    tree = _to_tree(template)
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, _to_tree(template))
+    bad, found = [], None
     for step in reversed(self.steps()):
       try:
-        restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # orbax raises many types for damaged files
-        logging.warning('checkpoint %s/%d is unreadable (%s: %s); falling back to the '
-                        'previous one', self.directory, step, type(e).__name__, e)
+        state_dict, meta = self._restore(step, abstract)
+      except Unreadable as e:
+        log.warning('checkpoint %d is unreadable (%s); falling back to the previous one',
+                    step, e)
+        bad.append(step)
         continue
-      state_dict = dict(restored['state'])
       for k, v in flax.serialization.to_state_dict(template).items():
         state_dict.setdefault(k, v)
-      return flax.serialization.from_state_dict(template, state_dict), dict(restored['meta'])
-    return None
+      found = flax.serialization.from_state_dict(template, state_dict), meta
+      break
+    if quarantine and bad:
+      self.quarantine(bad)
+    return found
+
+  def quarantine(self, steps) -> None:
+    if self.primary:
+      stamp = time.strftime('%Y%m%d-%H%M%S')
+      for step in steps:
+        dest = self.directory.parent / 'quarantine' / f'{step}-{stamp}'
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._step_dir(step).rename(dest)
+        log.warning('moved unreadable checkpoint %s to %s (its step will be saved again)',
+                    self._step_dir(step), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('hyperflax_quarantine')
+    self.manager.reload()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
+    self._finish_pending()
     self.manager.close()
+
+
+def restore_trainable(directory) -> tuple[int, dict]:
+  """(step, trainable params as numpy) of the newest readable checkpoint, whatever
+  mesh wrote it; for loaders, which never move or write anything."""
+  directory = as_path(directory)
+  if not directory.is_dir():
+    raise FileNotFoundError(f'{directory.parent}: no checkpoints/ directory (not a training '
+                            'workdir)')
+  # Onto this process's first device (the saved shardings name devices that may not exist here).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  errors = []
+  with _manager(directory) as mngr:
+    for step in reversed(sorted(mngr.all_steps())):
+      where = os.fspath(directory / str(step))
+      try:
+        verify_checksums(directory / str(step))
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              mngr.item_metadata(step)['state'])
+        restored = mngr.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target)))
+        trainable = jax.tree.map(np.asarray, restored['state']['trainable'])
+        _check_finite(trainable, where)
+      except Exception as e:  # pylint: disable=broad-except
+        msg = str(e).splitlines()[0][:200] if str(e) else ''
+        log.warning('checkpoint %s is unreadable (%s: %s); trying the previous one', where,
+                    type(e).__name__, msg)
+        errors.append(step)
+        continue
+      return int(step), trainable
+  if errors:
+    raise WorkdirError(f'{directory}: no readable checkpoint (steps {sorted(errors)} are '
+                       'damaged; see the warnings above)')
+  raise FileNotFoundError(f'{directory}: no finished checkpoint')
 
 
 def numpy_tree(tree):

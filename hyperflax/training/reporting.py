@@ -1,63 +1,132 @@
-"""Training metrics: JSONL, TensorBoard, a progress line, and a PNG of the loss curves."""
+"""Training metrics: JSONL, TensorBoard, a progress line, and a PNG of the loss curves.
+
+All files go through `hyperflax.workdir.as_path`, so a `gs://` workdir works:
+object stores cannot append, so there `metrics.jsonl` is rewritten whole at
+each log step (it is small), and TensorBoard writes to a local temporary
+directory copied into `workdir/tb/` as it grows.
+"""
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
+
+from hyperflax.workdir import as_path, is_url, write_atomic
+
+log = logging.getLogger('hyperflax.reporting')
+
+
+def _read_rows(path) -> list[dict]:
+  path = as_path(path)
+  if not path.exists():
+    return []
+  rows = []
+  for line in path.read_text().splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:  # a line cut short by a crash mid-write
+      continue
+  return [r for r in rows if isinstance(r, dict) and 'step' in r]
 
 
 class Reporter:
-  """Writes metrics to `workdir/metrics.jsonl` and `workdir/tb/`, prints progress."""
+  """Writes metrics to `workdir/metrics.jsonl` and `workdir/tb/`, prints progress.
 
-  def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
+  Rows after `start_step` (logged by a run that was interrupted before its next
+  checkpoint, and about to be trained again) are dropped when it opens.
+  """
+
+  def __init__(self, workdir, total_steps: int, start_step: int = 0,
                tensorboard: bool = True, stream=sys.stdout):
-    self.workdir, self.total, self.stream = workdir, total_steps, stream
-    os.makedirs(workdir, exist_ok=True)
-    self.jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
-    self.tb = None
+    self.workdir, self.total, self.stream = as_path(workdir), total_steps, stream
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    self.path = self.workdir / 'metrics.jsonl'
+    self.remote = is_url(self.workdir)
+    self.rows = [r for r in _read_rows(self.path) if r['step'] <= start_step]
+    self._flush(rewrite=True)
+    self.jsonl = None if self.remote else open(self.path, 'a')
+    self.tb = self._tb_local = None
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self.tb = SummaryWriter(os.path.join(workdir, 'tb'))
-    self.t0, self.step0, self.tokens = time.time(), start_step, 0.0
+      target = self.workdir / 'tb'
+      if self.remote:
+        self._tb_local = tempfile.mkdtemp(prefix='hyperflax-tb-')
+        target = self._tb_local
+      self.tb = SummaryWriter(os.fspath(target))
+    else:
+      log.info('TensorBoard is off (config.train.tensorboard=False); metrics go to %s',
+               self.path)
+    self.step0 = start_step
+    # The ETA excludes the first logged interval, which holds the compilation.
+    self._first, self._last = None, (time.time(), start_step)
+
+  def _flush(self, rewrite: bool = False) -> None:
+    if rewrite or self.remote:
+      write_atomic(self.path, ''.join(json.dumps(r) + '\n' for r in self.rows))
+
+  def _sync_tb(self) -> None:
+    if self._tb_local:
+      self.tb.flush()
+      for name in os.listdir(self._tb_local):
+        (self.workdir / 'tb').mkdir(parents=True, exist_ok=True)
+        with open(os.path.join(self._tb_local, name), 'rb') as f:
+          (self.workdir / 'tb' / name).write_bytes(f.read())
 
   def write(self, step: int, metrics: dict[str, float], tokens: float = 0.0) -> None:
-    self.tokens += tokens
-    elapsed = max(time.time() - self.t0, 1e-9)
-    done = step - self.step0
-    rate = done / elapsed
+    now = time.time()
+    interval = max(now - self._last[0], 1e-9)
+    rate = (step - self._last[1]) / interval
+    tok_rate = tokens / interval
+    if self._first is None:
+      self._first = (now, step)
+      eta = float('nan')
+    else:
+      avg = (step - self._first[1]) / max(now - self._first[0], 1e-9)
+      eta = (self.total - step) / avg if avg > 0 else float('nan')
+    self._last = (now, step)
     row = {'step': step, **{k: float(v) for k, v in metrics.items()},
-           'steps_per_sec': rate, 'tokens_per_sec': self.tokens / elapsed}
-    self.jsonl.write(json.dumps(row) + '\n')
-    self.jsonl.flush()
+           'steps_per_sec': rate, 'tokens_per_sec': tok_rate}
+    self.rows.append(row)
+    if self.jsonl is not None:
+      self.jsonl.write(json.dumps(row) + '\n')
+      self.jsonl.flush()
+    else:
+      self._flush()
     if self.tb is not None:
       for k, v in row.items():
         if k != 'step':
           self.tb.add_scalar(k, v, step)
-    eta = (self.total - step) / rate if rate > 0 else float('nan')
+      self._sync_tb()
     shown = ' '.join(f'{k}={float(v):.4g}' for k, v in metrics.items())
     bar = '#' * int(20 * step / max(self.total, 1))
+    eta_text = 'ETA ?' if eta != eta else f'ETA {eta:.0f}s'
     print(f'[{bar:<20}] step {step}/{self.total} {shown} | {rate:.2f} steps/s '
-          f'{self.tokens / elapsed:.0f} tok/s ETA {eta:.0f}s', file=self.stream, flush=True)
+          f'{tok_rate:.0f} tok/s {eta_text}', file=self.stream, flush=True)
 
   def close(self) -> None:
-    self.jsonl.close()
+    if self.jsonl is not None:
+      self.jsonl.close()
     if self.tb is not None:
       self.tb.close()
+      self._sync_tb()
+      if self._tb_local:
+        shutil.rmtree(self._tb_local, ignore_errors=True)
 
 
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  rows = [json.loads(line) for line in open(path) if line.strip()]
-  # A resumed run re-logs steps after its checkpoint: keep the last record per step.
+def read_metrics(workdir) -> list[dict]:
+  rows = _read_rows(as_path(workdir) / 'metrics.jsonl')
+  # A run resumed by an older version re-logged steps: keep the last record per step.
   by_step = {r['step']: r for r in rows}
   return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_losses(workdir: str, out: str | None = None, keys=('loss', 'eval_loss')) -> str | None:
+def plot_losses(workdir, out=None, keys=('loss', 'eval_loss')) -> str | None:
   rows = read_metrics(workdir)
   if not rows:
     return None
@@ -71,10 +140,12 @@ def plot_losses(workdir: str, out: str | None = None, keys=('loss', 'eval_loss')
       ax.plot(*zip(*pts), label=key)
   ax.set_xlabel('step')
   ax.set_ylabel('loss')
-  ax.set_title(os.path.basename(os.path.normpath(workdir)))
+  ax.set_title(as_path(workdir).name)
   ax.legend()
-  out = out or os.path.join(workdir, 'loss.png')
+  out = as_path(out) if out else as_path(workdir) / 'loss.png'
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
+  buf = io.BytesIO()
+  fig.savefig(buf, format='png', dpi=100)
   plt.close(fig)
-  return out
+  write_atomic(out, buf.getvalue())
+  return os.fspath(out)

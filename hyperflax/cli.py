@@ -1,0 +1,144 @@
+"""The command-line boundary of every entry point.
+
+A user mistake or a damaged file becomes one line on stderr, `error: ...`
+naming the file, flag or config field, and exit code 2. The traceback is
+printed only with `--verbose` / `--debug` or `HYPERFLAX_DEBUG=1`; anything
+that looks like a bug (not one of the error types below) exits 1 with one
+line saying how to get the traceback. Library INFO chatter (orbax, absl,
+jax) is silenced unless verbose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import traceback
+from typing import Callable, Sequence
+
+VERBOSE_FLAGS = ('--verbose', '--debug')
+CONFIG_DOCS = ('config fields: hyperflax/config_base.py (one comment per field) and '
+               'docs/ERRORS.md; override any with --config.SECTION.FIELD=VALUE')
+
+
+def verbose_requested(argv: Sequence[str] | None = None) -> bool:
+  argv = sys.argv if argv is None else argv
+  return (any(a in VERBOSE_FLAGS for a in argv) or
+          os.environ.get('HYPERFLAX_DEBUG', '') not in ('', '0'))
+
+
+def setup_logging(verbose: bool, level: int = logging.INFO) -> None:
+  """Our INFO lines on stderr; orbax/absl/jax only from WARNING unless verbose."""
+  root = logging.getLogger()
+  if not root.handlers:
+    logging.basicConfig(format='%(levelname).1s %(asctime)s %(message)s', datefmt='%H:%M:%S')
+  root.setLevel(logging.DEBUG if verbose else level)
+  for name in ('absl', 'orbax', 'jax', 'etils', 'matplotlib', 'tensorstore'):
+    logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _user_error_types() -> tuple[type, ...]:
+  types: list[type] = [ValueError, OSError, KeyError, LookupError, TypeError]
+  try:
+    from absl import flags
+    types.append(flags.Error)
+  except ImportError:
+    pass
+  try:
+    from safetensors import SafetensorError
+    types.append(SafetensorError)
+  except ImportError:
+    pass
+  return tuple(types)
+
+
+def describe(e: BaseException) -> str:
+  """One line for `e`: the file/field it names, without library noise."""
+  from absl import flags
+  if isinstance(e, KeyError) and 'Did you mean' in str(e):  # ml_collections override typo
+    parts = str(e).strip('\'"').replace('\\n', '\n').split('\n')
+    field = parts[0].strip('\'"')
+    return f'--config override names an unknown field {field!r}: {parts[-1].strip()}'
+  if isinstance(e, flags.IllegalFlagValueError):
+    text = str(e)
+    head = text.split(':', 1)[0]  # "flag --config=...", the flag and its value
+    last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    return f'{head}: {last}' if last not in head else head
+  if isinstance(e, flags.Error):
+    return f'{e} (see --help)'
+  if isinstance(e, OSError) and 'Failed loading config file' in str(e):
+    path = re.findall(r"No such file or directory: '([^']+)'", str(e))
+    return (f'--config={path[0]}: no such config file' if path
+            else 'could not load --config: ' + str(e).splitlines()[-1].strip())
+  if isinstance(e, json.JSONDecodeError):
+    return f'not valid JSON: {e.msg} at line {e.lineno} column {e.colno}'
+  if isinstance(e, UnicodeDecodeError):
+    return f'a file is not UTF-8 ({e.reason} at byte {e.start})'
+  if isinstance(e, OSError) and e.filename and e.strerror:
+    return f'{e.filename}: {e.strerror}'
+  if type(e).__name__ == 'SafetensorError':
+    return f'damaged safetensors file: {e}'
+  text = str(e).strip() or type(e).__name__
+  if isinstance(e, KeyError):
+    text = f'missing key {text}'
+  first = text.splitlines()[0]
+  return first if len(first) < 400 else first[:397] + '...'
+
+
+def report(e: BaseException, verbose: bool, prog: str = '') -> int:
+  """Prints `e` as the boundary does and returns the exit code."""
+  prefix = f'{prog}: ' if prog else ''
+  if verbose:
+    traceback.print_exception(e)
+  if isinstance(e, _user_error_types()):
+    print(f'{prefix}error: {describe(e)}', file=sys.stderr, flush=True)
+    return 2
+  print(f'{prefix}internal error: {type(e).__name__}: {describe(e)} (rerun with --verbose or '
+        'HYPERFLAX_DEBUG=1 for the traceback)', file=sys.stderr, flush=True)
+  return 1
+
+
+def guard(body: Callable[[], int | None], verbose: bool, prog: str = '') -> int:
+  """Runs `body` behind the boundary: its return code, or 2/1 for errors."""
+  try:
+    return int(body() or 0)
+  except KeyboardInterrupt:
+    print(f'{prog + ": " if prog else ""}interrupted', file=sys.stderr, flush=True)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    return report(e, verbose, prog)
+
+
+def absl_main(doc: str, define: Callable, body: Callable, argv: Sequence[str] | None = None,
+              prog: str = '', required: Sequence[str] = ()) -> int:
+  """An absl-flags entry point with a fresh `FlagValues` (so it can run in-process
+  more than once): `define(fv)` defines the flags, `body(fv)` runs."""
+  from absl import flags
+  argv = list(sys.argv if argv is None else argv)
+  prog = prog or os.path.basename(argv[0]) if argv else prog
+  verbose = verbose_requested(argv)
+  fv = flags.FlagValues()
+  define(fv)
+  flags.DEFINE_bool('verbose', False, 'tracebacks and library INFO logs', flag_values=fv)
+  flags.DEFINE_bool('debug', False, 'same as --verbose', flag_values=fv)
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull', '-?') for a in argv[1:]):
+    print(doc.strip() + '\n\nflags:\n' + fv.get_help() + '\n\n' + CONFIG_DOCS)
+    return 0
+  setup_logging(verbose)
+
+  def run():
+    saved = sys.argv
+    sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
+    try:
+      fv(argv)
+    finally:
+      sys.argv = saved
+    missing = [f'--{n}' for n in required if fv[n].value is None]
+    if missing:
+      raise ValueError(f'{", ".join(missing)} required (see --help)')
+    if 'config' in required:
+      _ = fv.config  # ml_collections loads the file lazily: fail here, before any work
+    return body(fv)
+  return guard(run, verbose, prog)
