@@ -65,6 +65,9 @@ def stage_config(method: str, kind: str = 'prefix', steps: int = 100, seed: int 
   c.method = method
   c.model.preset = 'tiny'
   c.model.overrides = ml_collections.ConfigDict(DEMO_T5)
+  # A CPU job whose first stage trains its own small T5 (later stages set init_from).
+  c.model.allow_random_init = True
+  c.runtime.allow_cpu = True
   c.model.dtype = 'float32'
   c.model.dropout_rate = 0.0
   c.hyper.kind = kind
