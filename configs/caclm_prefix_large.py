@@ -1,4 +1,8 @@
-r"""Hyperpretraining (CACLM, hypertuning §4.2) of HyperT5-Prefix on C4 for a frozen T5 v1.1 Large.
+r"""Hyperpretraining (CACLM, HyperTuning §4.2) of HyperT5-Prefix on C4 for a frozen T5 v1.1 Large.
+
+100k steps on 512-token windows of one C4 document each (A|B|C|D = 176|32|128|176
+tokens); the MTF configs hypert5_prefix_large and hypert5_plus_prefix_large start from
+this run's workdir (hyper.init_from).
 
 python -m hyperflax.train --config=configs/caclm_prefix_large.py --workdir=$WORKDIR
 python -m hyperflax.train --config=configs/caclm_prefix_large.py:tiny --workdir=/tmp/caclm_prefix_large   # CPU smoke run
@@ -11,7 +15,9 @@ def get_config(arg=None):
   c.model.preset = 'large'
   c.hyper.kind = 'prefix'
   c.data.name = 'caclm_c4'
-  c.data.lengths = (512, 32, 128)
+  # What the default segments need: <A-sentinel> A <D-sentinel> D </s> for the
+  # hypermodel, B </s> for the frozen T5 (B = 32, §4.2), C as the target.
+  c.data.lengths = (176 + 176 + 3, 32 + 1, 128)
   c.train.num_steps = 100_000
   c.eval.name = ''
   return finish(c, arg)

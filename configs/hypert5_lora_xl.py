@@ -1,6 +1,7 @@
 r"""HyperT5-LoRA on a frozen T5 v1.1 XL, multi-task fine-tuned on P3.
 
-python -m hyperflax.train --config=configs/hypert5_lora_xl.py --workdir=$WORKDIR
+python -m hyperflax.train --config=configs/hypert5_lora_xl.py --workdir=$WORKDIR \
+    --config.hyper.init_from=$CACLM_WORKDIR   # a configs/caclm_lora_xl.py run
 python -m hyperflax.train --config=configs/hypert5_lora_xl.py:tiny --workdir=/tmp/hypert5_lora_xl   # CPU smoke run
 """
 from hyperflax.config_base import base_config, finish
@@ -14,4 +15,7 @@ def get_config(arg=None):
   c.model.scan_layers = True
   c.model.remat = True
   c.train.grad_accum_steps = 4
+  # Hyperpretrained first (§4.2): --config.hyper.init_from=<caclm_lora_xl workdir>,
+  # or --config.hyper.skip_hyperpretraining=True for §5.5's ablation.
+  c.hyper.hyperpretrain_config = 'caclm_lora_xl'
   return finish(c, arg)

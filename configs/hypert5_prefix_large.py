@@ -1,6 +1,7 @@
 r"""HyperT5-Prefix on a frozen T5 v1.1 Large, multi-task fine-tuned on P3 (hypertuning §5).
 
-python -m hyperflax.train --config=configs/hypert5_prefix_large.py --workdir=$WORKDIR
+python -m hyperflax.train --config=configs/hypert5_prefix_large.py --workdir=$WORKDIR \
+    --config.hyper.init_from=$CACLM_WORKDIR   # a configs/caclm_prefix_large.py run
 python -m hyperflax.train --config=configs/hypert5_prefix_large.py:tiny --workdir=/tmp/hypert5_prefix_large   # CPU smoke run
 """
 from hyperflax.config_base import base_config, finish
@@ -10,5 +11,7 @@ def get_config(arg=None):
   c = base_config()
   c.model.preset = 'large'
   c.hyper.kind = 'prefix'
-  c.hyper.init_from = ''  # set to a caclm_prefix_large workdir (hyperpretraining)
+  # Hyperpretrained first (§4.2): --config.hyper.init_from=<caclm_prefix_large workdir>,
+  # or --config.hyper.skip_hyperpretraining=True for §5.5's ablation.
+  c.hyper.hyperpretrain_config = 'caclm_prefix_large'
   return finish(c, arg)

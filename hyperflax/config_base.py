@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+
 import ml_collections
 
 
@@ -37,6 +41,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.hyper.fusion_in_decoder = False
   c.hyper.dtype = 'bfloat16'
   c.hyper.init_from = ''            # a training workdir (e.g. hyperpretraining) to start from
+  # Hyperpretraining (CACLM, HyperTuning §4.2) precedes multi-task fine-tuning
+  # for the hypermodels the paper hyperpretrains; §5.5 shows them failing
+  # without it. Such configs name their CACLM config here, and training then
+  # refuses to start (`check_hyperpretraining`) unless `init_from` is that
+  # CACLM run's workdir or `skip_hyperpretraining=True` says the omission is
+  # deliberate (§5.5's ablation, HART's "- pre-training" rows). '' = the paper
+  # does not hyperpretrain this model (baselines, HART).
+  c.hyper.hyperpretrain_config = ''  # e.g. 'caclm_prefix_large' (a configs/ name)
+  c.hyper.skip_hyperpretraining = False
   c.hyper.init_backbone = True      # copy the downstream T5 weights into the backbone
 
   c.data = ml_collections.ConfigDict()
@@ -104,6 +117,7 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.hyper.dtype = 'float32'
   c.hyper.prefix_len = 4
   c.hyper.lora_rank = 2
+  c.hyper.skip_hyperpretraining = True  # smoke runs; pipelines set init_from
   if c.hyper.decoder_layers is not None:
     c.hyper.decoder_layers = 1
   c.data.name = 'synthetic_caclm' if c.data.name in ('caclm_c4', 'synthetic_caclm') \
@@ -124,6 +138,35 @@ def tiny(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval.max_decode_length = 4
   c.eval.options = ml_collections.ConfigDict({'max_queries': 4, 'heldout_tasks_per_family': 2})
   return c
+
+
+CACLM_DATASETS = ('caclm_c4', 'synthetic_caclm')
+
+
+def check_hyperpretraining(c: ml_collections.ConfigDict) -> None:
+  """Raises (one line) when a hypermodel the paper hyperpretrains would start
+  multi-task fine-tuning from plain T5 without being told to."""
+  h = c.get('hyper') or {}
+  needed = h.get('hyperpretrain_config', '')
+  if c.get('method') != 'hypermodel' or not needed or c.data.name in CACLM_DATASETS:
+    return
+  init_from = h.get('init_from', '')
+  if not init_from:
+    if h.get('skip_hyperpretraining', False):
+      logging.warning('config.hyper.skip_hyperpretraining=True: multi-task fine-tuning '
+                      'starts from plain T5 (the paper hyperpretrains this model first)')
+      return
+    raise ValueError(
+        f'config.hyper.init_from is empty but the paper hyperpretrains this hypermodel '
+        f'(HyperTuning §4.2/§5.5): set --config.hyper.init_from=<workdir of '
+        f'configs/{needed}.py> or --config.hyper.skip_hyperpretraining=True')
+  path = os.path.join(init_from, 'config.json')
+  if os.path.exists(path):  # absent for `hypertune` adapters: nothing to check
+    with open(path) as f:
+      source = json.load(f).get('data', {}).get('name')
+    if source not in CACLM_DATASETS:
+      logging.warning('config.hyper.init_from=%s was trained on %r, not CACLM '
+                      '(expected a configs/%s.py workdir)', init_from, source, needed)
 
 
 def finish(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:

@@ -71,9 +71,16 @@ def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: in
   With `also_generate`, tasks with options are also answered by greedy
   generation (no options shown) and scored by exact match, reported as
   `generated_exact_match`; their rows gain a `generated` field.
+
+  Tasks marked `on_generations` (MetaICL, HyperTuning §5.2) are always
+  generated: the headline is `generated_macro_f1` (classification) or
+  `generated_rougeL`, the row's `prediction` is the generation, and rank
+  classification is kept as `rank_accuracy` / `rank_macro_f1` (row field
+  `rank_prediction`).
   """
   rows, result = [], {}
   generated = None
+  on_generations = bool(getattr(task, 'on_generations', False))
   if task.has_options:
     idx, opt, scores, pad = [], [], [], []
     for batch in task.batches(batch_size, scoring=True):
@@ -84,15 +91,21 @@ def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: in
                                            np.concatenate(scores), np.concatenate(pad),
                                            num_examples=len(task.queries))
     gold = np.array([q.label for q in task.queries])
-    result['accuracy'] = float(np.mean(pred == gold) * 100)
+    rank = {'accuracy': float(np.mean(pred == gold) * 100)}
     texts = [q.options[p] if p >= 0 else '' for q, p in zip(task.queries, pred)]
     if task.metric == 'macro_f1':
-      result['macro_f1'] = metrics_lib.macro_f1(texts, [q.target for q in task.queries])
-    if also_generate:
+      rank['macro_f1'] = metrics_lib.macro_f1(texts, [q.target for q in task.queries])
+    result.update({f'rank_{k}': v for k, v in rank.items()} if on_generations else rank)
+    if also_generate or on_generations:
       generated = _generate_texts(task, generate_fn, trainable, frozen, batch_size)
       refs = [list(q.all_references) for q in task.queries]
-      result['generated_exact_match'] = metrics_lib.compute_metrics(
-          generated, refs)['exact_match']
+      if on_generations:
+        gen = metrics_lib.metaicl_generation_metrics(
+            generated, [q.target for q in task.queries], task.metric == 'macro_f1')
+        result.update({f'generated_{k}': v for k, v in gen.items()})
+      if also_generate:
+        result['generated_exact_match'] = metrics_lib.compute_metrics(
+            generated, refs)['exact_match']
   else:
     texts = _generate_texts(task, generate_fn, trainable, frozen, batch_size)
     refs = [list(q.all_references) for q in task.queries]
@@ -100,18 +113,37 @@ def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: in
   for i, (q, text) in enumerate(zip(task.queries, texts)):
     rows.append({'task': task.name, 'input': q.input, 'prediction': text,
                  'references': list(q.all_references)})
-    if generated is not None:
+    if generated is not None and on_generations:
+      rows[-1].update(prediction=generated[i], rank_prediction=text)
+    elif generated is not None:
       rows[-1]['generated'] = generated[i]
   if task.chance is not None:
     result['chance'] = task.chance * 100
   return result, rows
 
 
+HEADLINE_METRICS = ('generated_macro_f1', 'generated_rougeL', 'macro_f1', 'accuracy',
+                    'rougeL', 'exact_match')
+
+
 def headline(result: dict) -> float:
-  for key in ('macro_f1', 'accuracy', 'rougeL', 'exact_match'):
+  """A task's score in the papers' tables: MetaICL's generation metric, else
+  rank-classification macro-F1/accuracy (P3), else ROUGE-L (S-NI)."""
+  for key in HEADLINE_METRICS:
     if key in result:
       return result[key]
   return float('nan')
+
+
+def training_data_report(config: ml_collections.ConfigDict) -> dict:
+  """`data.data_report` of the training dataset (what was present, missing or
+  filtered), for results.json; its summary is logged when it is built."""
+  from hyperflax import data
+  d = config.data
+  return data.data_report(d.name, seed=config.seed, num_shots=d.num_shots,
+                          data_dir=d.get('data_dir') or None,
+                          vocab_path=d.get('vocab_path') or None,
+                          **dict(d.get('options', {}) or {}))
 
 
 def evaluate(config: ml_collections.ConfigDict, exp: Experiment, trainable: dict, frozen: dict,
@@ -139,6 +171,7 @@ def evaluate(config: ml_collections.ConfigDict, exp: Experiment, trainable: dict
                                    for g, m in group_metrics.items()},
              'average_metrics': {k: float(np.mean([r[k] for r in per_task.values() if k in r]))
                                  for k in sorted({k for r in per_task.values() for k in r})}}
+  summary['data_report'] = training_data_report(config)
   out = as_path(workdir)
   write_atomic(out / 'predictions.jsonl', ''.join(json.dumps(row) + '\n' for row in all_rows))
   write_atomic(out / 'results.json', json.dumps(summary, indent=2))

@@ -30,7 +30,9 @@ Three families of metrics live here:
   for each example, then accuracy x100.
 
 * **MetaICL** metrics (``facebookresearch/MetaICL``, ``MetaICLData.evaluate``):
-  accuracy and the MetaICL flavour of macro-F1, both x100.
+  accuracy and the MetaICL flavour of macro-F1, both x100; and
+  ``metaicl_generation_metrics``, HyperTuning's protocol (§5.2): macro-F1 of
+  generations for classification tasks, ROUGE-L of generations otherwise.
 
 Finally ``format_table`` renders a paper-style results table.
 """
@@ -60,6 +62,7 @@ __all__ = [
     "accuracy",
     "macro_f1",
     "metaicl_metrics",
+    "metaicl_generation_metrics",
     "format_table",
 ]
 
@@ -548,6 +551,43 @@ def metaicl_metrics(
     if is_classification:
         out["macro_f1"] = macro_f1(predictions, groundtruths)
     return out
+
+
+def metaicl_generation_metrics(
+    predictions: Sequence[str],
+    groundtruths: Sequence[str | Sequence[str]],
+    is_classification: bool,
+) -> dict[str, float]:
+    """MetaICL test tasks scored as HyperTuning §5.2 does, on generations.
+
+    "ROUGE or Macro-F1 on model generations depending on the task": for a
+    classification task the generated strings are scored by MetaICL's own
+    macro-F1 (``macro_f1``: stripped exact strings, F1 averaged over the gold
+    labels, a never-predicted gold label has precision 1 and F1 0, a
+    generation matching no label only lowers its example's recall); for every
+    other task by ROUGE-L (``rouge_l``: the S-NI scorer, max over
+    references). Rank classification is a different protocol (the output
+    space is given) and is reported separately.
+
+    Args:
+      predictions: Greedy generations, one per example.
+      groundtruths: Gold strings (for classification, one label each;
+        otherwise a string or a list of acceptable strings).
+      is_classification: Whether the task is a classification task.
+
+    Returns:
+      ``{"macro_f1": ...}`` or ``{"rougeL": ...}``, x100.
+    """
+    if is_classification:
+        return {"macro_f1": macro_f1(predictions, groundtruths)}
+    if len(predictions) != len(groundtruths):
+        raise ValueError(
+            f"Got {len(predictions)} predictions but {len(groundtruths)} groundtruths."
+        )
+    if not predictions:
+        raise ValueError("Cannot compute metrics over zero examples.")
+    scores = [rouge_l(p, g) for p, g in zip(predictions, groundtruths)]
+    return {"rougeL": 100.0 * float(np.mean(scores))}
 
 
 # ---------------------------------------------------------------------------

@@ -126,7 +126,9 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   may already hold before anything is written (see `hyperflax.workdir`).
   A finished run is not trained again (its final state is returned).
   """
+  from hyperflax.config_base import check_hyperpretraining
   config_check.validate(config)
+  check_hyperpretraining(config)  # before anything is written into the workdir
   wd = Workdir(workdir)
   primary = jax.process_index() == 0
   absolute_paths(config)

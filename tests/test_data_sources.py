@@ -80,13 +80,29 @@ def _check_fewshot_batch(b, eps, sp, lengths, definition=False):
 
 # ---- MetaICL -------------------------------------------------------------------------
 
+def test_metaicl_test_tasks_never_train_and_are_named_in_the_log(caplog):
+  caplog.set_level('WARNING', logger='hyperflax.data')
+  tasks = sources_metaicl.train_tasks(SHARED / 'metaicl', 'non_nli_to_nli')
+  cfg = json.loads((SHARED / 'metaicl/config/non_nli_to_nli.json').read_text())
+  assert 'sick' in cfg['train'] and 'sick' in cfg['test']  # the upstream overlap
+  assert 'sick' not in {t.name for t in tasks}
+  assert any('removed from the training list: sick' in r.getMessage() for r in caplog.records)
+  report = registry.data_report('metaicl_non_nli_to_nli', data_dir=SHARED)
+  assert report['counts']['test_task_removed_from_training'] == 1
+  assert report['by_task']['sick'] == {'test_task_removed_from_training': 1}
+  for split in ('hr_to_lr', 'non_class_to_class'):  # no overlap there: nothing removed
+    assert 'test_task_removed_from_training' not in registry.data_report(
+        f'metaicl_{split}', data_dir=SHARED)['counts']
+
+
 @pytest.mark.parametrize('split', sources_metaicl.SPLITS)
 def test_metaicl_training_batches_match_raw_files(split, sp):
   name = f'metaicl_{split}'
   stream = registry.get_dataset(name, batch_size=8, seed=1, data_dir=SHARED)
   cfg = json.loads((SHARED / 'metaicl' / 'config' / f'{split}.json').read_text())
+  test = set(cfg['test']) | set(cfg.get('unseen_domain_test', ()))
   present = [t for t in cfg['train'] if (SHARED / 'metaicl' / 'data' / t).is_dir()]
-  assert sorted(t.name for t in stream.tasks) == sorted(present)
+  assert sorted(t.name for t in stream.tasks) == sorted(set(present) - test)
   for step in (0, 1):
     eps = stream.episodes(step)
     b = stream.batch(step)
@@ -180,6 +196,27 @@ def test_p3_t0_train_filter_and_targets(sp):
   assert 'ag_news_classify' in names and 'xsum_DOC_tldr' not in names
   assert not any(n.startswith('trec_fine_grained_ABBR') for n in names)
   assert stream.stats.total('empty_file_skipped') == 11
+  # HyperTuning Figure 6 (read from the paper's text here) vs. the shared copy.
+  import re
+  paper = (Path(__file__).resolve().parents[2] / 'shared' / 'papers' / 'hypertuning.md')
+  report = stream.stats.reports['p3_figure6']
+  if paper.is_file():
+    text = paper.read_text().replace('\\_', '_')
+    listed = text[text.index('adversarial_qa_dbert_answer_the_following_q'):
+                  text.index('Figure 6: List of P3')]
+    figure = [n.strip() for n in re.split(r'[,\n]', listed) if n.strip()]
+    assert report['figure6_prompts'] == len(figure) == 241
+  assert report['missing'] == [n for n in report['missing'] if n.startswith('cos_e_v1.11_')]
+  assert report['num_missing'] == 11 and report['num_filtered'] == 0
+  assert report['empty'] == sorted(f.stem for f in (SHARED / 'p3' / 't0_train').glob(
+      'trec_fine_grained_*.jsonl') if f.stat().st_size == 0)
+  assert report['num_present'] == 241 - 22
+  assert report['kept_not_in_figure6'] == [
+      'commonsense_qa_answer_given_question_without_options',
+      'commonsense_qa_answer_to_question', 'commonsense_qa_most_suitable_answer',
+      'commonsense_qa_question_answering', 'commonsense_qa_question_to_answer_index',
+      'multi_news_expand_reverse_task_']
+  assert set(report['kept_not_in_figure6']) <= names
   eps, b = stream.episodes(0), stream.batch(0)
   _check_fewshot_batch(b, eps, sp, registry.Lengths())
   for ep in eps:
@@ -226,16 +263,41 @@ def test_p3_heldout_rank_classification_matches_raw_labels(sp):
     assert len(_segments(b['hyper_inputs'][r])) == b['hyper_num_used'][r] > 0
 
 
+def test_p3_length_filter_drops_only_prompts_longer_than_the_threshold(tmp_path):
+  d = tmp_path / 't0_train'
+  d.mkdir()
+  for name, words in (('a_at_threshold', (320, 320)), ('b_just_over', (320, 322)),
+                      ('c_short', (5, 7))):
+    with open(d / f'{name}.jsonl', 'w') as f:
+      for i, n in enumerate(words):
+        f.write(json.dumps({'prompt': ' '.join(['w'] * (n - 1) + [str(i)]),
+                            'completion': f'y{i}<|endoftext|>'}) + '\n')
+
+  class WordTokenizer:  # one token per word: averages are exact
+    path = 'words'
+    def encode_batch(self, texts):
+      return [t.split() for t in texts]
+
+  from hyperflax.data import sources_p3
+  tasks = sources_p3.t0_train_tasks(tmp_path, WordTokenizer())
+  assert [t.name for t in tasks] == ['a_at_threshold', 'c_short']  # 320.0 stays, 321.0 goes
+
+
 # ---- C4 / CACLM ------------------------------------------------------------------------
 
-def test_caclm_c4_windows_are_contiguous_document_text(sp):
+def test_caclm_c4_windows_lie_inside_one_document(sp):
   stream = registry.get_dataset('caclm_c4', batch_size=4, seed=0,
                                 data_dir=SHARED, use_tfds=False)
   docs = [json.loads(l)['text'] for l in open(SHARED / 'c4' / 'c4_sample.jsonl')]
-  corpus = np.concatenate([np.asarray(x + [EOS], np.int32)
-                           for x in sp.encode(docs)]).tobytes()
   seg = registry.caclm_lib.Segments()
   assert seg.window == 512 and seg.b == 32
+  ids = sp.encode(docs)
+  train = [x for i, x in enumerate(ids) if i % 20 != 19]  # every 20th is held out
+  short = sum(len(x) < seg.window for x in train)
+  assert 0 < short < len(train)
+  assert stream.stats.total('short_documents_skipped') == short
+  # Document by document (not the joined corpus): a window never spans two.
+  documents = [np.asarray(x, np.int32).tobytes() for x in train if len(x) >= seg.window]
   b = next(iter(stream))
   for r in range(4):
     h = b['hyper_inputs'][r]
@@ -245,8 +307,8 @@ def test_caclm_c4_windows_are_contiguous_document_text(sp):
     bb = b['encoder_inputs'][r][:seg.b]
     assert b['encoder_inputs'][r][seg.b] == EOS
     c = b['targets'][r][:seg.c]
-    window = np.concatenate([a, bb, c, d]).astype(np.int32)
-    assert corpus.find(window.tobytes()) >= 0
+    window = np.concatenate([a, bb, c, d]).astype(np.int32).tobytes()
+    assert any(doc.find(window) % 4 == 0 for doc in documents if window in doc)
     assert b['target_weights'][r].sum() == seg.c
   again = next(iter(registry.get_dataset('caclm_c4', batch_size=4, seed=0,
                                           data_dir=SHARED, use_tfds=False,

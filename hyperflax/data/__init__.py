@@ -12,6 +12,8 @@ Entry points:
   get_eval_tasks(name, split='validation', *, seed=0, lengths=None,
                  num_shots=16, data_dir=None, mode='hyper', vocab_path=None,
                  **options) -> list[EvalTask]
+  data_report(name, *, seed=0, num_shots=16, data_dir=None, vocab_path=None,
+              **options) -> dict   (what the sources provide / leave out)
   names() / REGISTRY
 Batch fields are documented in `converters` (few-shot) and `caclm`.
 """
@@ -22,7 +24,8 @@ from hyperflax.data.converters import Converter
 from hyperflax.data.examples import EvalTaskData, Example, FewShotTask, Lengths
 from hyperflax.data.fewshot import DataStats, Episode
 from hyperflax.data.pipeline import EvalStream, EvalTask, TrainStream
-from hyperflax.data.registry import REGISTRY, get_dataset, get_eval_tasks, names
+from hyperflax.data.registry import (REGISTRY, data_report, get_dataset, get_eval_tasks,
+                                     names)
 from hyperflax.data.vocab import (EOS_ID, PAD_ID, SEGMENT_A_ID, SEGMENT_D_ID,
                                   X_ID, Y_ID, load_vocabulary)
 
@@ -30,6 +33,6 @@ __all__ = [
     'CaclmStream', 'Converter', 'DataStats', 'EOS_ID', 'Episode', 'EvalStream',
     'EvalTask', 'EvalTaskData', 'Example', 'FewShotTask', 'Lengths', 'PAD_ID',
     'REGISTRY', 'SEGMENT_A_ID', 'SEGMENT_D_ID', 'Segments', 'TrainStream',
-    'X_ID', 'Y_ID', 'get_dataset', 'get_eval_tasks', 'load_vocabulary',
+    'X_ID', 'Y_ID', 'data_report', 'get_dataset', 'get_eval_tasks', 'load_vocabulary',
     'names', 'synthetic',
 ]

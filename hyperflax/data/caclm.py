@@ -8,10 +8,19 @@ and predicts C; the hypermodel reads A and D, each after its sentinel:
   encoder_inputs = B </s>
   targets        = C           (a mid-document continuation: no EOS)
 
+Every window lies inside ONE document: the paper's A and D are "additional
+context from the same document", so windows never straddle a document
+boundary. Documents shorter than the window cannot hold one and are skipped,
+never padded or joined: in-memory corpora drop them when tokenised (counted
+and logged: 708 of the shared 1000-document C4 sample, whose median is 279
+tokens, are shorter than 512),
+and a streamed corpus moves a row whose document is short on to the next
+document that holds a window (counted as `rows_moved_past_short_documents`;
+neighbouring rows may then share a document, at independent offsets).
+
 Row `r` (= step * batch_size + b) of the stream uses document `r` of a fixed
 document order (per-epoch seeded permutations for in-memory corpora, TFDS's
-seeded order for C4): documents shorter than the window are extended with the
-following documents (EOS-separated), and the window offset is drawn from
+seeded order for C4), and the window offset is drawn from
 `default_rng([seed, r])`. So a batch is a pure function of (seed, step); an
 in-memory corpus resumes anywhere at no cost and a streamed one by skipping
 `step * batch_size` raw documents without tokenising them.
@@ -114,12 +123,15 @@ class CaclmStream:
     segments: A-D lengths.
     start_step: first step to yield.
     name: for logs.
+    max_fill_docs: how many short documents in a row a streamed row may skip.
+    stats: counters (shared with the corpus reader).
   """
 
   def __init__(self, docs, batch_size: int, seed: int = 0,
                lengths: Lengths | None = None,
                segments: Segments | None = None, start_step: int = 0,
-               name: str = 'caclm', max_fill_docs: int = 64):
+               name: str = 'caclm', max_fill_docs: int = 64,
+               stats: DataStats | None = None):
     self.docs, self.batch_size, self.seed = docs, batch_size, seed
     self.segments = segments or Segments()
     self.lengths = Lengths.make(lengths) if lengths is not None else Lengths(
@@ -127,27 +139,21 @@ class CaclmStream:
         encoder=self.segments.b + 1, decoder=self.segments.c)
     self.segments.check(self.lengths)
     self.start_step = start_step
-    self.stats = DataStats(name)
+    self.stats = stats or DataStats(name)
     self.max_fill_docs = max_fill_docs
 
   def window(self, row: int) -> np.ndarray:
-    """The `window`-token span for global row `row`."""
+    """The `window`-token span of global row `row`, inside one document."""
     w = self.segments.window
-    parts, total, j = [], 0, row
-    while total < w:
+    j = row
+    while len(self.docs[j]) < w:  # only streamed corpora still hold short ones
+      j += 1
       if j - row >= self.max_fill_docs:
         raise ValueError(f'CACLM: {self.max_fill_docs} consecutive documents '
-                         f'hold fewer than {w} tokens; is the corpus empty?')
-      doc = self.docs[j]
-      if parts:
-        parts.append(np.array([EOS_ID], np.int32))
-        total += 1
-      parts.append(doc)
-      total += len(doc)
-      j += 1
-    if j - row > 1:
-      self.stats.add('caclm', 'windows_packed_from_several_documents')
-    tokens = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                         f'are shorter than the {w}-token window')
+    if j > row:
+      self.stats.add('caclm', 'rows_moved_past_short_documents')
+    tokens = self.docs[j]
     offset = np.random.default_rng([self.seed, row]).integers(
         0, len(tokens) - w + 1)
     return tokens[offset:offset + w]
@@ -186,10 +192,21 @@ class CaclmStream:
         self.stats.log_summary()
 
 
-def tokenize_corpus(texts: Sequence[str], tokenizer) -> list[np.ndarray]:
-  """Tokenises documents (batched), dropping empty ones (counted in logs)."""
+def tokenize_corpus(texts: Sequence[str], tokenizer, min_tokens: int = 1,
+                    stats: DataStats | None = None) -> list[np.ndarray]:
+  """Tokenises documents (batched), skipping those shorter than `min_tokens`
+  (the window: a window never spans two documents); skips are counted in
+  `stats` (`short_documents_skipped`) and logged."""
   ids = tokenizer.encode_batch(list(texts))
-  out = [np.asarray(x, np.int32) for x in ids if x]
-  if len(out) < len(ids):
-    log.info('CACLM: %d empty documents skipped', len(ids) - len(out))
+  out = [np.asarray(x, np.int32) for x in ids if len(x) >= max(min_tokens, 1)]
+  skipped = len(ids) - len(out)
+  if stats is not None:
+    stats.add('caclm', 'short_documents_skipped', skipped)
+  if skipped:
+    log.info('CACLM: %d of %d documents skipped: shorter than the %d-token '
+             'window (windows are cut from one document)', skipped, len(ids),
+             min_tokens)
+  if not out:
+    raise ValueError(f'CACLM: none of the {len(ids)} documents holds a '
+                     f'{min_tokens}-token window')
   return out

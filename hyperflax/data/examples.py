@@ -68,6 +68,10 @@ class EvalTaskData:
     metric: suggested metric: 'accuracy' (rank classification), 'macro_f1',
       'rouge_l' or 'exact_match' (generation).
     group: dataset / family used to aggregate scores.
+    on_generations: the headline `metric` scores greedy generations even
+      though the queries have options (MetaICL, HyperTuning §5.2: "ROUGE or
+      Macro-F1 on model generations"); rank classification is then reported
+      as a secondary `rank_*` metric.
   """
   name: str
   demos: Sequence[Example]
@@ -75,6 +79,7 @@ class EvalTaskData:
   definition: str | None = None
   metric: str = 'accuracy'
   group: str = ''
+  on_generations: bool = False
 
   @property
   def has_options(self) -> bool:

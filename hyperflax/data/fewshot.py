@@ -52,6 +52,9 @@ class DataStats:
     self.counts: dict[str, collections.Counter] = collections.defaultdict(
         collections.Counter)
     self._warned: set[tuple[str, str]] = set()
+    # Structured reports of what a source provides (e.g. P3 vs. Figure 6),
+    # for `data_report` / results.json.
+    self.reports: dict[str, dict] = {}
 
   def add(self, task: str, kind: str, n: int = 1, warn: bool = False) -> None:
     if not n:

@@ -65,6 +65,7 @@ class EvalTask:
   group = property(lambda self: self.data.group)
   chance = property(lambda self: self.data.chance)
   has_options = property(lambda self: self.data.has_options)
+  on_generations = property(lambda self: self.data.on_generations)
   queries = property(lambda self: self.data.queries)
   demos = property(lambda self: self.data.demos)
 

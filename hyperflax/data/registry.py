@@ -275,6 +275,32 @@ def get_eval_tasks(name: str, split: str = 'validation', *, seed: int = 0,
   return _eval_tasks(spec, ctx, split, converter)
 
 
+def data_report(name: str, *, seed: int = 0, num_shots: int = 16,
+                data_dir: str | os.PathLike | None = None,
+                vocab_path: str | os.PathLike | None = None, **options) -> dict:
+  """What a training dataset's sources provide and what was left out.
+
+  Builds the training tasks (no batches) and returns, JSON-able: `counts`
+  (every skip/filter/removal summed over tasks, e.g. P3's empty files and
+  length-filtered prompts, MetaICL's missing files and test tasks removed
+  from training, CACLM's documents shorter than a window), `by_task` (the
+  per-task counters) and the sources' structured reports (P3: `p3_figure6`).
+  """
+  spec, ctx = _context(name, seed, num_shots, data_dir, vocab_path, options)
+  if spec.synthetic_vocab:  # generated data: nothing can be missing (and it is slow to build)
+    return {'dataset': name, 'counts': {}, 'by_task': {}}
+  if spec.kind == 'caclm':
+    _caclm_stream(spec, ctx, 'train', 1, None, 0)
+  elif spec.train is not None:
+    spec.train(ctx)
+  counts: dict[str, int] = {}
+  for counter in ctx.stats.counts.values():
+    for kind, n in counter.items():
+      counts[kind] = counts.get(kind, 0) + n
+  return {'dataset': name, 'counts': dict(sorted(counts.items())),
+          'by_task': ctx.stats.summary(), **ctx.stats.reports}
+
+
 def _eval_tasks(spec, ctx, split, converter) -> list[EvalTask]:
   if spec.eval is None:
     raise ValueError(f'{ctx.name} has no evaluation split')
@@ -301,8 +327,8 @@ def _caclm_stream(spec, ctx, split, batch_size, lengths, start_step):
           lambda skip: sources_c4.tfds_texts(found, seed, skip, tfds_split),
           tok.encode, start_step * batch_size)
       return _bounded(caclm_lib.CaclmStream(
-          docs, batch_size, seed, lengths, segments, start_step, ctx.name),
-          split, ctx)
+          docs, batch_size, seed, lengths, segments, start_step, ctx.name,
+          stats=ctx.stats), split, ctx)
   if synthetic_text:
     texts = synthetic.synthetic_documents(ctx.opt('num_docs', 2000),
                                           ctx.opt('suite_seed', 0))
@@ -311,10 +337,11 @@ def _caclm_stream(spec, ctx, split, batch_size, lengths, start_step):
         ctx.opt('c4_paths') or str(ctx.data_dir / 'c4' / 'c4_sample.jsonl'))
   # Every 20th document is held out for the evaluation split.
   texts = [t for i, t in enumerate(texts) if (i % 20 == 19) == (split != 'train')]
-  docs = caclm_lib.InMemoryDocs(caclm_lib.tokenize_corpus(texts, tok), seed)
+  docs = caclm_lib.InMemoryDocs(caclm_lib.tokenize_corpus(
+      texts, tok, segments.window, ctx.stats), seed)
   return _bounded(caclm_lib.CaclmStream(
-      docs, batch_size, seed, lengths, segments, start_step, ctx.name),
-      split, ctx)
+      docs, batch_size, seed, lengths, segments, start_step, ctx.name,
+      stats=ctx.stats), split, ctx)
 
 
 def _bounded(stream, split, ctx):

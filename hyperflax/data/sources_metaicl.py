@@ -10,8 +10,13 @@ shared sample only has k=16 files) the pool is the union of every
 `<task>_16_<seed>_{train,dev}.jsonl`, de-duplicated; this fallback is logged.
 Evaluation of a test task: demonstrations are the k-shot train file of a seed,
 queries the `<task>_<k>_100_test.jsonl` file, with options when it has them.
+The headline is scored on greedy generations (HyperTuning §5.2: macro-F1 for
+classification, ROUGE-L otherwise); rank classification over the options is
+kept as a secondary metric.
 Tasks named in the config whose files are absent are skipped and counted (or
-raise with `strict=True`).
+raise with `strict=True`). A task listed under both "train" and "test" (`sick`
+in `non_nli_to_nli`) is a test task: it is removed from training, with a log
+line naming it.
 """
 
 from __future__ import annotations
@@ -75,7 +80,8 @@ def train_tasks(root: str | os.PathLike, split: str, *, train_k: int = 16384,
   """The training tasks of a MetaICL split config."""
   root, stats = Path(root), stats or DataStats(f'metaicl_{split}')
   tasks, skipped = [], 0
-  for name in read_split_config(root, split)['train']:
+  config = read_split_config(root, split)
+  for name in _without_test_tasks(config, split, stats):
     full = _task_file(root, name, train_k, train_seed, 'train')
     if full.is_file():
       examples = read_metaicl_file(full)
@@ -96,13 +102,33 @@ def train_tasks(root: str | os.PathLike, split: str, *, train_k: int = 16384,
   return tasks
 
 
+def _without_test_tasks(config: dict, split: str, stats: DataStats) -> list[str]:
+  """The config's training tasks minus its test tasks.
+
+  Upstream `non_nli_to_nli.json` lists `sick` under both "train" and "test";
+  MetaICL's premise is that test tasks are unseen, so they never train here.
+  """
+  held_out = set(config['test']) | set(config.get('unseen_domain_test') or ())
+  removed = [t for t in config['train'] if t in held_out]
+  if removed:
+    log.warning('MetaICL %s: test task(s) removed from the training list: %s',
+                split, ', '.join(removed))
+    for t in removed:
+      stats.add(t, 'test_task_removed_from_training')
+  return [t for t in config['train'] if t not in held_out]
+
+
 def metric_for(queries: Sequence[Example]) -> str:
-  """Macro-F1 for classification (one option set), accuracy for multiple
-  choice (per-query options), ROUGE-L for generation."""
-  if not queries or not queries[0].options:
-    return 'rouge_l'
-  sets = {q.options for q in queries}
-  return 'macro_f1' if len(sets) == 1 else 'accuracy'
+  """The headline metric on generations (HyperTuning §5.2): macro-F1 for
+  classification, ROUGE-L otherwise.
+
+  MetaICL reads "classification" from `config/tasks/<task>.json`, which the
+  shared data lacks; a task whose queries all share one option set is taken
+  as classification (per-query options = multiple choice; none = generation).
+  """
+  if queries and queries[0].options and len({q.options for q in queries}) == 1:
+    return 'macro_f1'
+  return 'rouge_l'
 
 
 def eval_tasks(root: str | os.PathLike, split: str, *, k: int = 16,
@@ -128,7 +154,8 @@ def eval_tasks(root: str | os.PathLike, split: str, *, k: int = 16,
       demos = read_metaicl_file(demo_file)
       suffix = f'/seed{seed}' if len(seeds) > 1 else ''
       out.append(EvalTaskData(f'{name}{suffix}', demos, queries,
-                              metric=metric_for(queries), group=name))
+                              metric=metric_for(queries), group=name,
+                              on_generations=True))
   if not out:
     raise FileNotFoundError(f'no MetaICL test task of {split!r} found under '
                             f'{root / "data"}')

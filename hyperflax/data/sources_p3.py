@@ -9,9 +9,11 @@ Two layouts are read:
     `inputs_pretokenized` / `targets_pretokenized`), for users with a P3 copy;
     TensorFlow is imported only when such files are read.
 
-Paper §5.2: dataset-prompts whose average input is 320 T5 tokens or longer are
-excluded, the average taken over the first `length_sample` examples. Empty
-files and filtered prompts are counted and logged.
+Paper §5.2: dataset-prompts whose average input is longer than 320 T5 tokens
+are excluded (an average of exactly 320 stays), the average taken over the
+first `length_sample` examples. Empty files and filtered prompts are counted
+and logged, and a report of the paper's Figure 6 list (present / filtered /
+empty / missing, `p3_figure6`) is logged and kept in `stats.reports`.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hyperflax.data import io_utils
+from hyperflax.data import io_utils, p3_figure6
 from hyperflax.data.examples import Example, FewShotTask
 from hyperflax.data.fewshot import DataStats, dedup_examples
 
@@ -97,7 +99,7 @@ def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
                    max_examples_per_task: int | None = None,
                    include: str | None = None,
                    stats: DataStats | None = None) -> list[FewShotTask]:
-  """T0-train dataset-prompts with average input < `max_avg_input_tokens`.
+  """T0-train dataset-prompts with average input <= `max_avg_input_tokens`.
 
   Args:
     root: the P3 directory (`<data_dir>/p3`).
@@ -117,7 +119,7 @@ def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
   """
   root, stats = Path(root), stats or DataStats('p3_t0_train')
   layout, sources = _sources(root, layout)
-  tasks, filtered = [], []
+  tasks, filtered, empty = [], [], []
   for name, files in sources:
     if name.startswith(HELDOUT_PREFIXES) or name.endswith('_score_eval'):
       stats.add(name, 'heldout_task_excluded')
@@ -129,25 +131,55 @@ def t0_train_tasks(root: str | os.PathLike, tokenizer, *,
     else:
       examples, lengths = read_p3_tfrecords(files)
     if not examples:
+      empty.append(name)
       stats.add(name, 'empty_file_skipped')
       log.warning('P3 task %s skipped: %s has no examples', name, files[0])
       continue
     if max_avg_input_tokens is not None:
-      if not lengths:
-        sample = [e.input for e in examples[:length_sample or len(examples)]]
-        lengths = [len(x) for x in tokenizer.encode_batch(sample)]
-      avg = float(np.mean(lengths[:length_sample or len(lengths)]))
-      if avg >= max_avg_input_tokens:
+      avg = _average_input_tokens(files, examples, lengths, tokenizer, length_sample)
+      if avg > max_avg_input_tokens:  # "longer than 320" (§5.2)
         filtered.append(name)
-        stats.add(name, f'task_filtered_avg_input_ge_{max_avg_input_tokens:g}')
+        stats.add(name, f'task_filtered_avg_input_gt_{max_avg_input_tokens:g}')
         continue
     if max_examples_per_task is not None:
       examples = examples[:max_examples_per_task]
     tasks.append(FewShotTask(name, dedup_examples(examples, name, stats),
                              group=name))
   log.info('P3 (%s) under %s: %d dataset-prompts kept, %d filtered for average '
-           'input >= %s tokens: %s', layout, root, len(tasks), len(filtered),
+           'input > %s tokens: %s', layout, root, len(tasks), len(filtered),
            max_avg_input_tokens, ', '.join(filtered))
   if not tasks:
     raise FileNotFoundError(f'no usable P3 training task under {root}')
+  if not include:  # a report of a deliberate subset would list everything as missing
+    stats.reports['p3_figure6'] = report = p3_figure6.figure6_report(
+        [t.name for t in tasks], filtered, empty, max_avg_input_tokens or float('inf'))
+    log_figure6_report(report)
   return tasks
+
+
+def log_figure6_report(report: dict) -> None:
+  """One summary line, then the names of every prompt that does not train."""
+  log.info('P3 vs. HyperTuning Figure 6 (%d prompts): %d present, %d filtered, '
+           '%d empty files, %d missing; %d kept prompts are not in the figure',
+           report['figure6_prompts'], report['num_present'], report['num_filtered'],
+           report['num_empty'], report['num_missing'], report['num_kept_not_in_figure6'])
+  for status in ('filtered', 'empty', 'missing', 'kept_not_in_figure6'):
+    if report[status]:
+      log.warning('P3 Figure 6 report, %s: %s', status, ', '.join(report[status]))
+
+
+# (file, size, mtime, tokenizer, sample) -> average input tokens: the length
+# filter tokenises all of T0-train, so a second build in one process (e.g. the
+# data report after training) reuses the first one's averages.
+_AVERAGES: dict[tuple, float] = {}
+
+
+def _average_input_tokens(files, examples, lengths, tokenizer, length_sample) -> float:
+  key = tuple((str(f), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files) + (
+      getattr(tokenizer, 'path', id(tokenizer)), length_sample)
+  if key not in _AVERAGES:
+    if not lengths:
+      sample = [e.input for e in examples[:length_sample or len(examples)]]
+      lengths = [len(x) for x in tokenizer.encode_batch(sample)]
+    _AVERAGES[key] = float(np.mean(lengths[:length_sample or len(lengths)]))
+  return _AVERAGES[key]
