@@ -377,3 +377,40 @@ def test_eval_batches_are_deterministic_and_ordered():
            if not p]
   assert order == sorted(order) and order[0] == (0, 0)
   assert {t for t, _ in order} == set(range(len(s1.tasks)))
+
+
+# ---- MetaICL headline on generations (evaluate wiring) -------------------------------
+
+def test_metaicl_headline_scores_generations_rank_classification_is_secondary(sp):
+  from hyperflax import evaluate, metrics
+  task = registry.get_eval_tasks('metaicl_non_nli_to_nli', 'test', data_dir=SHARED,
+                                 max_queries=6)[0]
+  assert task.on_generations and task.metric == 'macro_f1' and task.has_options
+  gold = [q.target for q in task.queries]
+  index = {}
+  for b in task.batches(8, scoring=False):
+    for r in np.flatnonzero(~b['is_padding']):
+      index[b['encoder_inputs'][r].tobytes()] = int(b['example_index'][r])
+  assert len(index) == len(gold)
+
+  def generate_fn(trainable, frozen, batch):  # even queries: the gold label; odd: junk
+    rows = []
+    for enc in np.asarray(batch['encoder_inputs']):
+      i = index.get(enc.tobytes(), 1)
+      ids = sp.encode(gold[i] if i % 2 == 0 else 'zzz') + [EOS]
+      rows.append(ids + [0] * (12 - len(ids)))
+    return np.asarray(rows)
+
+  def score_fn(trainable, frozen, batch):  # every option ties: option 0 wins
+    return np.zeros(batch['encoder_inputs'].shape[0], np.float32)
+
+  result, rows = evaluate.evaluate_task(task, score_fn, generate_fn, {}, {}, 8)
+  generated = [sp.decode(sp.encode(g if i % 2 == 0 else 'zzz')) for i, g in enumerate(gold)]
+  assert result['generated_macro_f1'] == pytest.approx(metrics.macro_f1(generated, gold))
+  first = [q.options[0] for q in task.queries]
+  assert result['rank_accuracy'] == pytest.approx(
+      100 * np.mean([f == g for f, g in zip(first, gold)]))
+  assert 'accuracy' not in result and 'macro_f1' not in result
+  assert evaluate.headline(result) == result['generated_macro_f1']
+  assert [r['prediction'] for r in rows] == generated
+  assert [r['rank_prediction'] for r in rows] == first

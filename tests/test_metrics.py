@@ -249,6 +249,81 @@ def test_accuracy_generation_lists_and_normalisation():
 
 
 # ---------------------------------------------------------------------------
+# MetaICL scored on generations (HyperTuning §5.2)
+# ---------------------------------------------------------------------------
+
+
+def _metaicl_reference(predictions, groundtruths):
+    """MetaICL's macro-F1 (facebookresearch/MetaICL, metaicl/data.py
+    MetaICLData.evaluate, is_classification=True), re-derived from counts:
+    for each label that occurs among the (stripped) gold labels, precision =
+    hits / times predicted (1.0 if never predicted), recall = hits / times
+    gold, F1 = 2PR/(P+R) (0 if P+R = 0); the mean over those labels."""
+    preds = [p.strip() for p in predictions]
+    golds = [g.strip() for g in groundtruths]
+    f1s = []
+    for label in dict.fromkeys(golds):
+        hits = sum(p == g == label for p, g in zip(preds, golds))
+        predicted = preds.count(label)
+        precision = hits / predicted if predicted else 1.0
+        recall = hits / golds.count(label)
+        total = precision + recall
+        f1s.append(0.0 if total == 0 else 2 * precision * recall / total)
+    return 100.0 * sum(f1s) / len(f1s)
+
+
+def test_generation_macro_f1_hand_worked_with_off_label_generations():
+    preds = [" positive", "negative ", "positive!", "neutral", "negative", "positive"]
+    gold = ["positive", "negative", "positive", "negative", "positive", "negative"]
+    # Stripped: correct at 0, 1 only. 'positive!' and 'neutral' match no label:
+    # they only cost recall. positive: predicted at 0, 5 -> P = 1/2; gold at
+    # 0, 2, 4 -> R = 1/3 -> F1 = (1/3) / (5/6) = 0.4. negative: predicted at
+    # 1, 4 -> P = 1/2; gold at 1, 3, 5 -> R = 1/3 -> F1 = 0.4. Macro = 40.
+    out = M.metaicl_generation_metrics(preds, gold, is_classification=True)
+    assert out == {"macro_f1": pytest.approx(40.0)}
+    assert _metaicl_reference(preds, gold) == pytest.approx(40.0)
+
+
+def test_generation_macro_f1_never_predicted_label():
+    # a: P = 2/3, R = 1 -> F1 = 0.8; b: never predicted -> P = 1, R = 0 -> 0.
+    out = M.metaicl_generation_metrics(["a", "a", "a"], ["a", "a", "b"], True)
+    assert out["macro_f1"] == pytest.approx(40.0)
+
+
+def test_generation_macro_f1_agrees_with_metaicl_reference_on_random_cases():
+    rng = np.random.default_rng(0)
+    labels = ["yes", "no", "maybe", " yes", "Yes", "n/a"]
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        gold = [labels[i] for i in rng.integers(0, 3, n)]
+        pred = [labels[i] for i in rng.integers(0, len(labels), n)]
+        got = M.metaicl_generation_metrics(pred, gold, True)["macro_f1"]
+        assert got == pytest.approx(_metaicl_reference(pred, gold))
+
+
+def test_generation_rouge_l_for_non_classification_tasks():
+    preds = ["the cat sat", "dogs"]
+    golds = ["the cat sat on the mat", ["a dog", "cats"]]
+    # 1: LCS 3 of 3 predicted / 6 reference tokens -> P 1, R 1/2 -> F 2/3.
+    # 2: stemmed 'dog' vs 'a dog' -> P 1, R 1/2 -> F 2/3 (vs 'cat': 0); max.
+    out = M.metaicl_generation_metrics(preds, golds, is_classification=False)
+    assert out == {"rougeL": pytest.approx(100 * 2 / 3)}
+    with pytest.raises(ValueError):
+        M.metaicl_generation_metrics(["x"], [], is_classification=False)
+
+
+def test_evaluate_headline_prefers_the_generation_metric():
+    from hyperflax.evaluate import headline
+    metaicl = {"rank_accuracy": 90.0, "rank_macro_f1": 80.0, "generated_macro_f1": 12.5,
+               "chance": 50.0}
+    assert headline(metaicl) == 12.5
+    assert headline({"rank_accuracy": 90.0, "generated_rougeL": 33.0}) == 33.0
+    p3 = {"accuracy": 61.0, "generated_exact_match": 5.0, "chance": 33.3}
+    assert headline(p3) == 61.0
+    assert headline({"rougeL": 44.0, "exact_match": 20.0}) == 44.0
+
+
+# ---------------------------------------------------------------------------
 # format_table
 # ---------------------------------------------------------------------------
 
