@@ -28,7 +28,7 @@ import jax
 import ml_collections
 
 _log = logging.getLogger('hyperflax.runtime')
-_INSTALL = "pip install -e '.[tpu]' on a TPU VM, '.[cuda]' on NVIDIA GPUs"
+_INSTALL = "pip install -e '.[tpu]' (TPU VM) or '.[cuda]' (NVIDIA)"
 
 
 class PreflightError(ValueError):
@@ -50,15 +50,12 @@ def problems(config: ml_collections.ConfigDict, backend: str | None = None) -> l
       f"model.preset={model.get('preset', '?')!r}"
   out = []
   if not init_from and not _flag(config, 'model', 'allow_random_init'):
-    out.append('model.init_from is empty, so the frozen T5 would be randomly initialised '
-               '(a full-size run against a random T5): give the pretrained weights with '
-               '--config.model.init_from=<transformers dir or hyperflax.convert output>, or '
-               'pass --config.model.allow_random_init=True to train against a random T5 '
-               'on purpose')
+    out.append('model.init_from is empty: the frozen T5 would be random. Pass '
+               '--config.model.init_from=<T5 dir: transformers or hyperflax.convert output>, '
+               'or --config.model.allow_random_init=True if that is meant')
   if backend == 'cpu' and not _flag(config, 'runtime', 'allow_cpu'):
-    out.append(f'JAX found no accelerator (backend cpu, jax {jax.__version__}) for a '
-               f'full-size config ({size}): install the accelerator build ({_INSTALL}), or '
-               'pass --config.runtime.allow_cpu=True to run it on CPU anyway')
+    out.append(f'JAX {jax.__version__} found no TPU/GPU (backend cpu) for a full-size '
+               f'config ({size}): {_INSTALL}, or pass --config.runtime.allow_cpu=True')
   return out
 
 
@@ -66,7 +63,7 @@ def preflight(config: ml_collections.ConfigDict, backend: str | None = None) -> 
   """Raises `PreflightError` (one line) when `problems(config, backend)` finds any."""
   found = problems(config, backend)
   if found:
-    raise PreflightError('; and '.join(found))
+    raise PreflightError('; '.join(found))
 
 
 def describe(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:

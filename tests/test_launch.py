@@ -190,3 +190,14 @@ def test_execute_runs_steps_in_order_and_stops_at_a_failure(tmp_path, capsys):
   assert slice_setup.remote_path('~/a b') == "~/'a b'" and slice_setup.remote_path('~') == '~'
   with pytest.raises(SystemExit):
     slice_setup.install_script('/x', 'tpu; rm -rf /')
+
+
+def test_distributed_flag_without_a_cluster_names_what_to_set():
+  # A fresh process: jax.distributed must come before anything initialises a backend.
+  done = subprocess.run([sys.executable, '-c', 'from hyperflax import distributed; '
+                         'distributed.initialize()'], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120, env={**os.environ, 'HYPERFLAX_DISTRIBUTED': '1',
+                                          'JAX_PLATFORMS': 'cpu'})
+  assert done.returncode != 0
+  last = done.stderr.strip().splitlines()[-1]
+  assert last.startswith('ValueError: HYPERFLAX_DISTRIBUTED=1') and 'HYPERFLAX_COORDINATOR' in last

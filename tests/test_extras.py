@@ -1,0 +1,52 @@
+"""The accelerator extras install the base pins' JAX: `.[tpu]` and `.[cuda]` / `.[cuda13]`.
+
+The default run checks pyproject.toml itself (every extra names the base's jax
+version; no torch outside the test extra). `pytest -m slow` also asks pip to
+resolve each extra together with the base pins (`pip install --dry-run
+--ignore-installed --report`, nothing installed): it needs PyPI and took 68 s
+(tpu) and 3 min 40 s (cuda, the NVIDIA wheels' metadata) on the 2-core dev VM.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as _f:
+  PROJECT = tomllib.load(_f)['project']
+BASE = dict(re.fullmatch(r'([\w.-]+)==([\w.]+)', d).groups() for d in PROJECT['dependencies'])
+EXTRAS = PROJECT['optional-dependencies']
+# What each extra must bring, besides the base pins (name -> version, None: any).
+EXPECTED = {'tpu': {'libtpu': '0.0.42.1'},
+            'cuda': {'jax-cuda12-plugin': BASE['jax'], 'jax-cuda12-pjrt': BASE['jax']},
+            'cuda13': {'jax-cuda13-plugin': BASE['jax'], 'jax-cuda13-pjrt': BASE['jax']}}
+
+
+def test_extras_pin_the_base_jax_and_keep_torch_in_the_test_extra():
+  assert BASE['jax'] == BASE['jaxlib']
+  assert set(EXPECTED) <= set(EXTRAS)
+  for extra in EXPECTED:
+    jax_reqs = [r for r in EXTRAS[extra] if r.startswith('jax[')]
+    assert jax_reqs == [f'jax[{"cuda12" if extra == "cuda" else extra}]=={BASE["jax"]}'], extra
+    assert not any(r.startswith('torch') for r in EXTRAS[extra])
+  assert 'torch==2.13.0' in EXTRAS['test']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('extra', sorted(EXPECTED))
+def test_extra_resolves_with_the_base_pins(extra, tmp_path):
+  report = tmp_path / 'report.json'
+  done = subprocess.run([sys.executable, '-m', 'pip', 'install', '--dry-run', '--ignore-installed',
+                         '--quiet', '--report', str(report), '-e', f'{ROOT}[{extra}]'],
+                        capture_output=True, text=True, timeout=1200)
+  assert done.returncode == 0, done.stderr[-3000:]
+  chosen = {i['metadata']['name'].lower(): i['metadata']['version']
+            for i in json.loads(report.read_text())['install']}
+  for name, version in {**BASE, **EXPECTED[extra]}.items():
+    assert chosen.get(name.lower()) == version, (name, chosen.get(name.lower()), version)
+  assert not [n for n in chosen if n.startswith('torch')]  # no CUDA torch comes along
