@@ -201,3 +201,18 @@ def test_distributed_flag_without_a_cluster_names_what_to_set():
   assert done.returncode != 0
   last = done.stderr.strip().splitlines()[-1]
   assert last.startswith('ValueError: HYPERFLAX_DISTRIBUTED=1') and 'HYPERFLAX_COORDINATOR' in last
+
+
+def test_readme_launch_commands_parse_and_run_distributed(capsys):
+  text = open(os.path.join(ROOT, 'README.md')).read().replace('\\\n', ' ')
+  commands = [shlex.split(line) for line in text.splitlines()
+              if line.startswith(('python launch/tpu_vm_pod.py', 'python launch/gpu_multinode.py'))]
+  assert len(commands) >= 3
+  for argv in commands:
+    name = os.path.basename(argv[1])[:-3]
+    assert _load(name).main(['--dry-run', *argv[2:]]) == 0, argv
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 'HYPERFLAX_DISTRIBUTED=1' in _remote(lines[-1].removesuffix(' &') if lines[-1] != 'wait'
+                                                else lines[-2].removesuffix(' &'))
+    if '--setup' in argv:
+      assert any('pip install -q -e' in line for line in lines), argv
