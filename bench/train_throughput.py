@@ -120,7 +120,7 @@ class Pair:
     import torch
     from hf_fixtures import build_torch_t5
     from hyperflax.config_base import base_config
-    from hyperflax.hyper.losses import cross_entropy
+    from hyperflax.model.xent import loss_sums
     from hyperflax.training.experiment import Experiment
     from hyperflax.training.optim import make_optimizer
     from hyperflax.training.step import create_state, make_train_step
@@ -150,9 +150,10 @@ class Pair:
     self.losses = {'ours': [ours(), ours()]}
 
     if grad_variant:  # forward + backward alone: the rest of our step is the optimiser
-      def loss_fn(p, b):
-        logits = exp.t5.apply({'params': p}, b['encoder_inputs'], b['decoder_inputs'])
-        s, w = cross_entropy(logits, b['targets'], b['target_weights'])
+      def loss_fn(p, b):  # the train step's loss: fused lm_head + chunked cross-entropy
+        hidden = exp.t5.apply({'params': p}, b['encoder_inputs'], b['decoder_inputs'],
+                              return_hidden=True)
+        s, w = loss_sums(hidden, p['lm_head']['kernel'], b['targets'], b['target_weights'])
         return s / w
 
       grad = jax.jit(jax.value_and_grad(loss_fn)).lower(

@@ -11,8 +11,16 @@ Tensor names are the slot paths of `hyperflax.model.peft`, '/'-joined:
   {encoder,decoder}/self/prefix/{k,v}                      [L, P, heads*d_kv]
   {encoder/self,decoder/self,decoder/cross}/{query,value}/{a,b,gate}
                                                            [L, D, R], [L, R, F], [L]
-  fusion/states [T, D], fusion/mask [T] (uint8)   HART fusion-in-decoder: the
-      hypermodel's encoder output, which the downstream decoder cross-attends to
+  decoder/cross/fusion/{k,v} [L, T, heads*d_kv], fusion/mask [T] (uint8)
+      HART fusion-in-decoder (format version 2): every downstream decoder
+      layer's cross-attention keys/values of the hypermodel's encoder output,
+      computed once at hypertune time (`hyperflax.model.transformer.fusion_kv`),
+      so a query does not re-project the T stored states in every layer and
+      costs what a prefix query costs. Larger on disk than the states they
+      replace (2·L·heads·d_kv vs D floats per position).
+  fusion/states [T, D] (+ fusion/mask)   the same, as version 1 stored it: the
+      raw encoder output. Still loaded; `Adapter.with_fusion_kv` (which
+      `serving.Server` applies on registration) turns it into version 2's form.
   init/embeddings [2P, D]                         prefix_mlp: generated prefix-tuning
       embeddings (for hyper-init through the Prefix-MLP reparameterisation)
 
@@ -53,7 +61,7 @@ import numpy as np
 from hyperflax.model import peft as peft_lib
 from hyperflax.model.config import T5Config
 
-FORMAT, FORMAT_VERSION = 'hyperflax-adapter', 1
+FORMAT, FORMAT_VERSION = 'hyperflax-adapter', 2  # 2: precomputed fusion keys/values
 MANIFEST_FILE, TENSORS_FILE = 'manifest.json', 'adapter.safetensors'
 HASH_CACHE_FILE = 'hyperflax_params_sha256.json'
 PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
@@ -93,7 +101,25 @@ class Adapter:
 
   @property
   def has_fusion(self) -> bool:
+    """Fusion-in-decoder (as stored states or as precomputed keys/values)."""
+    return 'fusion/mask' in self.tensors
+
+  @property
+  def has_fusion_states(self) -> bool:
+    """Version-1 fusion: raw states the decoder projects on every query."""
     return 'fusion/states' in self.tensors
+
+  def with_fusion_kv(self, config: T5Config, params) -> 'Adapter':
+    """This adapter with stored fusion states replaced by their per-layer
+    cross-attention keys/values under the downstream `params` (version 2)."""
+    if not self.has_fusion_states:
+      return self
+    from hyperflax.model.transformer import fusion_kv
+    kv = fusion_kv(config, params, self.tensors['fusion/states'][None], self.peft(1))
+    tensors = {k: v for k, v in self.tensors.items() if k != 'fusion/states'}
+    tensors.update({f'decoder/cross/fusion/{n}': np.asarray(a, np.float32)[0]
+                    for n, a in kv.items()})
+    return Adapter(tensors, _describe(dict(self.manifest), tensors))
 
   def slots(self) -> dict[str, np.ndarray]:
     """The PEFT slot tensors (no fusion / init tensors), flat."""
@@ -105,19 +131,48 @@ class Adapter:
                                for k, v in self.slots().items()})
 
   def fusion(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """([1, T, D] float32, [1, T] bool) fusion states, or (None, None)."""
+    """([1, T, D] float32 states or None, [1, T] bool mask or None).
+
+    States exist only in version-1 adapters; version 2 holds their keys/values
+    among the slots (`peft()`), and the mask goes in as `fusion_mask`."""
     if not self.has_fusion:
       return None, None
-    return self.tensors['fusion/states'][None], self.tensors['fusion/mask'][None].astype(bool)
+    states = self.tensors['fusion/states'][None] if self.has_fusion_states else None
+    return states, self.tensors['fusion/mask'][None].astype(bool)
 
   def signature(self) -> tuple:
     """Shapes that must agree for adapters to share one compiled batch."""
-    fusion = self.tensors['fusion/states'].shape if self.has_fusion else None
+    fusion = None
+    if self.has_fusion:
+      fusion = (self.tensors['fusion/states'].shape if self.has_fusion_states else None,
+                self.tensors['fusion/mask'].shape)
     return tuple(sorted((k, v.shape) for k, v in self.slots().items())), fusion
 
 
-def from_generated(peft, aux: dict, manifest: dict) -> Adapter:
-  """Builds an `Adapter` from a batch-1 generator output (`hyper.apply`)."""
+def _describe(manifest: dict, tensors: dict) -> dict:
+  """Sets the manifest's format, peft_type, tensors and fusion fields."""
+  manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+  manifest['peft_type'] = 'prefix' if any('/prefix/' in k for k in tensors) else 'lora'
+  manifest['tensors'] = {k: {'shape': list(v.shape), 'dtype': str(v.dtype)}
+                         for k, v in sorted(tensors.items())}
+  precomputed = 'decoder/cross/fusion/k' in tensors
+  manifest['fusion'] = ({'length': int(tensors['fusion/mask'].shape[0]),
+                         'precomputed_kv': precomputed,
+                         'note': ('per decoder layer cross-attention keys/values of the '
+                                  if precomputed else '') +
+                                 'hypermodel encoder output + mask, cross-attended by the '
+                                 'downstream decoder (fusion-in-decoder); computed once per '
+                                 'task from the demonstrations, which are not stored'}
+                        if 'fusion/mask' in tensors else None)
+  return manifest
+
+
+def from_generated(peft, aux: dict, manifest: dict, downstream: tuple | None = None) -> Adapter:
+  """Builds an `Adapter` from a batch-1 generator output (`hyper.apply`).
+
+  With `downstream=(T5Config, params)` fusion states are stored as their
+  per-layer cross-attention keys/values (format version 2's serving form).
+  """
   tensors = {k: np.asarray(v, np.float32)[0] for k, v in peft_lib.flatten(peft).items()}
   if aux.get('fusion_states') is not None:
     tensors['fusion/states'] = np.asarray(aux['fusion_states'], np.float32)[0]
@@ -126,16 +181,8 @@ def from_generated(peft, aux: dict, manifest: dict) -> Adapter:
     tensors['fusion/mask'] = mask.astype(np.uint8)
   if aux.get('embeddings') is not None and manifest.get('kind') == 'prefix_mlp':
     tensors['init/embeddings'] = np.asarray(aux['embeddings'], np.float32)[0]
-  manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
-  manifest['peft_type'] = 'prefix' if any('/prefix/' in k for k in tensors) else 'lora'
-  manifest['tensors'] = {k: {'shape': list(v.shape), 'dtype': str(v.dtype)}
-                         for k, v in sorted(tensors.items())}
-  manifest['fusion'] = ({'length': int(tensors['fusion/states'].shape[0]),
-                         'note': 'hypermodel encoder output + mask, cross-attended by the '
-                                 'downstream decoder (fusion-in-decoder); computed once per '
-                                 'task from the demonstrations, which are not stored'}
-                        if 'fusion/states' in tensors else None)
-  return Adapter(tensors, manifest)
+  adapter = Adapter(tensors, _describe(manifest, tensors))
+  return adapter.with_fusion_kv(*downstream) if downstream is not None else adapter
 
 
 # ---- files ---------------------------------------------------------------------
@@ -162,8 +209,13 @@ def load_adapter(path: str) -> Adapter:
     manifest = json.load(f)
   if manifest.get('format') != FORMAT or manifest.get('format_version', 0) > FORMAT_VERSION:
     raise ValueError(f'{manifest_path}: format {manifest.get("format")!r} version '
-                     f'{manifest.get("format_version")!r} is not readable by this hyperflax')
-  tensors = load_file(os.path.join(path, TENSORS_FILE))
+                     f'{manifest.get("format_version")!r} is not readable by this hyperflax '
+                     f'(it reads {FORMAT!r} versions 1-{FORMAT_VERSION})')
+  try:
+    tensors = load_file(os.path.join(path, TENSORS_FILE))
+  except Exception as e:  # SafetensorError names no file
+    raise ValueError(f'{os.path.join(path, TENSORS_FILE)}: unreadable safetensors file '
+                     f'({e})') from None
   return Adapter(dict(tensors), manifest)
 
 

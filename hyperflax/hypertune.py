@@ -204,7 +204,11 @@ def hypertune(model: Hypermodel | str, examples: Sequence[Example] | str,
       'lengths': dataclasses.asdict(lengths),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-  return adapters_lib.from_generated(peft, aux, manifest)
+  # Fusion states are stored as every decoder layer's cross-attention keys/values
+  # (float32, like every adapter tensor): queries then skip their projection.
+  downstream = ((hm.t5_config.replace(dtype='float32'), hm.downstream_params())
+                if aux.get('fusion_states') is not None else None)
+  return adapters_lib.from_generated(peft, aux, manifest, downstream)
 
 
 def export_downstream(hm: Hypermodel, out_dir: str) -> str:

@@ -31,6 +31,7 @@ from hyperflax import adapters as adapters_lib
 from hyperflax.model.beam_search import beam_search
 from hyperflax.model.config import T5Config
 from hyperflax.model import peft as peft_lib
+from hyperflax.model import xent
 from hyperflax.model.decoding import greedy_decode
 from hyperflax.model.transformer import T5
 
@@ -49,12 +50,15 @@ def teacher_forced_logits(config: T5Config, params, encoder_inputs, decoder_inpu
 @functools.partial(jax.jit, static_argnames=('config',))
 def target_log_likelihood(config: T5Config, params, encoder_inputs, decoder_inputs, targets,
                           weights, peft=None, fusion_states=None, fusion_mask=None):
-  """[B] summed log-likelihood of `targets` (rank classification, T0's rule)."""
-  logits = teacher_forced_logits(config, params, encoder_inputs, decoder_inputs, peft,
-                                 fusion_states, fusion_mask)
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  token = jnp.take_along_axis(logp, targets[..., None], -1)[..., 0]
-  return jnp.sum(token * weights, axis=-1)
+  """[B] summed log-likelihood of `targets` (rank classification, T0's rule).
+
+  The output layer is fused into a chunked log-softmax (`model.xent`): no
+  [B, T, vocab] array is formed.
+  """
+  hidden = T5(config).apply({'params': params}, encoder_inputs, decoder_inputs, peft=peft,
+                            fusion_states=fusion_states, fusion_mask=fusion_mask,
+                            return_hidden=True)
+  return xent.target_loglik(hidden, xent.lm_head_kernel(params), targets, weights)
 
 
 def tokenizer_from(info: dict, override: str | None = None):
@@ -112,6 +116,8 @@ class Server:
       adapter = adapters_lib.load_adapter(adapter)
     adapters_lib.check_downstream(adapter, self.config, self.sha256, self.where,
                                   name=f'adapter {name!r}')
+    # A version-1 fusion adapter: project its states once, here, not per query.
+    adapter = adapter.with_fusion_kv(self.config, self.params)
     info = adapter.manifest.get('tokenizer')
     if info and self._vocab_key is None:
       self.tokenizer, self._vocab_key = tokenizer_from(info), (info['kind'], info.get('sha256'))
@@ -186,8 +192,9 @@ class Server:
         peft = peft_lib.unflatten({
             k: jnp.asarray(np.stack([a.slots()[k] for a in chosen])) for k in chosen[0].slots()})
         states = mask = None
-        if chosen[0].has_fusion:
-          states = jnp.asarray(np.stack([a.tensors['fusion/states'] for a in chosen]))
+        if chosen[0].has_fusion:  # keys/values are among the slots; states only in v1 form
+          if chosen[0].has_fusion_states:
+            states = jnp.asarray(np.stack([a.tensors['fusion/states'] for a in chosen]))
           mask = jnp.asarray(np.stack([a.tensors['fusion/mask'] for a in chosen]).astype(bool))
         yield chunk, padded, peft, states, mask
 

@@ -92,7 +92,9 @@ def test_prefix_adapters_are_not_faked_as_peft_prefix_tuning(env, tmp_path):
 
 
 def test_hart_fusion_adapter_stores_states_and_serves_them(env, tmp_path):
-  """The stored fusion states reproduce the in-graph (hypermodel + T5) forward."""
+  """The stored fusion keys/values reproduce the in-graph (hypermodel + T5) forward,
+  which projects the fusion states per query; a version-1 adapter (raw states)
+  still loads and serves the same."""
   from hyperflax.data.examples import Example
   from hyperflax.data.fewshot import Episode
   workdir = make_workdir(str(tmp_path / 'hart'), env['model_dir'], 'hart', seed=2,
@@ -101,8 +103,12 @@ def test_hart_fusion_adapter_stores_states_and_serves_them(env, tmp_path):
   examples = write_examples(str(tmp_path / 'task.jsonl'), task)
   hm = hypertune.load_hypermodel(workdir)
   adapter = hypertune.hypertune(hm, examples)
-  assert adapter.manifest['fusion']['length'] == 64
-  assert adapter.tensors['fusion/states'].shape == (64, 32)
+  assert adapter.manifest['fusion']['length'] == 64 and adapter.manifest['format_version'] == 2
+  assert adapter.manifest['fusion']['precomputed_kv'] and not adapter.has_fusion_states
+  cfg = hm.t5_config
+  for kv in 'kv':  # per decoder layer, per fusion position: keys/values, no states
+    assert adapter.tensors[f'decoder/cross/fusion/{kv}'].shape == (
+        cfg.num_decoder_layers, 64, cfg.inner_dim)
   ids, _, _ = hm.converter.hyper_ids(Episode('t', Example('', ''), tuple(task.demos[:16])))
   assert int(adapter.tensors['fusion/mask'].sum()) == len(ids)  # the real few-shot tokens
   with pytest.raises(ValueError, match='fusion'):
@@ -122,6 +128,21 @@ def test_hart_fusion_adapter_stores_states_and_serves_them(env, tmp_path):
                                       {'downstream': hm.downstream_params()}, batch)
   assert aux['fusion_states'].shape == (len(texts), 64, 32)
   np.testing.assert_allclose(ours, np.asarray(want), atol=1e-5, rtol=0)
+  # Version 1 stored the raw states: written by hand here, it loads, is
+  # projected once on registration, and serves the same logits.
+  v1 = adapters_lib.from_generated(*hm._generate(  # pylint: disable=protected-access
+      hm.hyper_params, jnp.asarray(hyper_inputs[:1])), dict(adapter.manifest))
+  assert v1.has_fusion_states and 'decoder/cross/fusion/k' not in v1.tensors
+  v1.manifest['format_version'] = 1
+  adapters_lib.save_adapter(v1, str(tmp_path / 'v1'))
+  assert adapters_lib.load_adapter(str(tmp_path / 'v1')).has_fusion_states
+  server.add_adapter('hart_v1', str(tmp_path / 'v1'))
+  assert not server.adapters['hart_v1'].has_fusion_states
+  np.testing.assert_allclose(server.logits(texts, targets, 'hart_v1'), ours, atol=1e-5, rtol=0)
+  v1.manifest['format_version'] = 99
+  adapters_lib.save_adapter(v1, str(tmp_path / 'v99'))
+  with pytest.raises(ValueError, match='version 99 is not readable'):
+    adapters_lib.load_adapter(str(tmp_path / 'v99'))
 
 
 def test_predict_cli_mixes_tasks_and_matches_the_api(env, tmp_path):

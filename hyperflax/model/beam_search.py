@@ -89,7 +89,8 @@ def _beam_search(config, params, encoder_input_tokens, max_decode_length, num_be
   batch, beams, steps = encoder_input_tokens.shape[0], num_beams, max_decode_length
   keep = 2 * beams  # one EOS id: transformers keeps max(2, 1 + n_eos) * K candidates
   encoded = model.apply({'params': params}, encoder_input_tokens, peft, method=T5.encode)
-  encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask)
+  encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask,
+                       peft)
   per_beam = lambda x: jnp.repeat(x, beams, axis=0)  # row-major [B*K]: row b, beam k
   encoded, mask, peft = per_beam(encoded), per_beam(mask), jax.tree.map(per_beam, peft)
   cache = init_cache(model, params, encoded, mask, steps, peft)

@@ -46,7 +46,8 @@ def greedy_decode(config: T5Config, params, encoder_input_tokens: Array,
   model = T5(config, decode=True)
   batch = encoder_input_tokens.shape[0]
   encoded = model.apply({'params': params}, encoder_input_tokens, peft, method=T5.encode)
-  encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask)
+  encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask,
+                       peft)
   cache = init_cache(model, params, encoded, mask, max_decode_length, peft)
 
   def step(carry):

@@ -143,6 +143,13 @@ class Attention(nn.Module):
     if self.decode:
       k, v, mask, bias = self._update_cache(k, v, mask, bias)
 
+    fusion = (adapter or {}).get('fusion')
+    if fusion is not None:
+      # Precomputed cross-attention keys/values of fusion-in-decoder states
+      # (`transformer.fusion_kv`); the caller's mask already covers them.
+      k = jnp.concatenate([split(fusion['k'].astype(k.dtype)), k], axis=1)
+      v = jnp.concatenate([split(fusion['v'].astype(v.dtype)), v], axis=1)
+
     prefix = (adapter or {}).get('prefix')
     if prefix is not None:
       pk = split(prefix['k'].astype(k.dtype))  # [B, P, heads, kv]

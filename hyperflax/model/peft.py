@@ -16,6 +16,10 @@ batch row may hold its own parameters::
 with H = num_heads * d_kv, D = d_model, P the prefix length, R the LoRA rank.
 The LoRA delta on a projection is `gate * (x·a)·b` ('gate' may be omitted).
 Prefixes are only read on self-attention sites (prefix rule: see layers.py).
+
+The decoder's cross site may also hold precomputed fusion-in-decoder keys and
+values, `'fusion': {'k': [B, L, T, H], 'v': [B, L, T, H]}`
+(`transformer.fusion_kv`), read with the mask given as `fusion_mask`.
 """
 
 from __future__ import annotations
@@ -124,9 +128,10 @@ def validate(peft: Peft | None, config: T5Config, batch: int) -> None:
     parts = path.split('/')
     site = '/'.join(parts[:2])
     if site not in allowed_sites or len(parts) != 4 or parts[2] not in (
-        'prefix', 'query', 'value') or (parts[2] == 'prefix' and parts[1] == 'cross'):
+        'prefix', 'query', 'value', 'fusion') or (parts[2] == 'prefix' and parts[1] == 'cross'
+                                                  ) or (parts[2] == 'fusion' and site != 'decoder/cross'):
       raise ValueError(f'peft: unknown slot {path!r}; slots are {sorted(allowed_sites)} '
-                       "x {'prefix' (self only), 'query', 'value'}")
+                       "x {'prefix' (self only), 'query', 'value'}, 'fusion' (decoder/cross)")
     layers = config.num_layers if parts[0] == 'encoder' else config.num_decoder_layers
     shape = tuple(leaf.shape)
     if shape[:2] != (batch, layers):
@@ -134,6 +139,7 @@ def validate(peft: Peft | None, config: T5Config, batch: int) -> None:
                        f'layers={layers})')
     kind, name = parts[2], parts[3]
     want = {('prefix', 'k'): (None, config.inner_dim), ('prefix', 'v'): (None, config.inner_dim),
+            ('fusion', 'k'): (None, config.inner_dim), ('fusion', 'v'): (None, config.inner_dim),
             ('query', 'a'): (config.d_model, None), ('value', 'a'): (config.d_model, None),
             ('query', 'b'): (None, config.inner_dim), ('value', 'b'): (None, config.inner_dim),
             ('query', 'gate'): (), ('value', 'gate'): ()}.get((kind, name))

@@ -214,21 +214,73 @@ class T5(nn.Module):
     layer into a chunked cross-entropy (`hyperflax.model.xent`).
     """
     encoded = self.encode(encoder_input_tokens, peft, deterministic)
-    encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask)
+    encoded, mask = fuse(encoded, encoder_input_tokens > 0, fusion_states, fusion_mask, peft)
     if return_hidden:
       return self.decode_hidden(encoded, mask, decoder_input_tokens, peft, deterministic)
     return self.decode_logits(encoded, mask, decoder_input_tokens, peft, deterministic)
 
 
 def fuse(encoded: Array, encoder_mask: Array, fusion_states: Array | None,
-         fusion_mask: Array | None) -> tuple[Array, Array]:
-  """Fusion-in-decoder: prepends extra states ([hyper_enc; downstream_enc])."""
+         fusion_mask: Array | None, peft: dict | None = None) -> tuple[Array, Array]:
+  """Fusion-in-decoder: prepends extra states ([hyper_enc; downstream_enc]).
+
+  With precomputed fusion keys/values in `peft` (decoder/cross/fusion, see
+  `fusion_kv`) only the mask is extended: the cross-attention prepends the
+  stored keys/values instead of projecting the states again.
+  """
   if fusion_states is None:
-    return encoded, encoder_mask
+    kv = ((peft or {}).get('decoder') or {}).get('cross', {}).get('fusion')
+    if kv is None:
+      return encoded, encoder_mask
+    if fusion_mask is None:
+      fusion_mask = jnp.ones(kv['k'].shape[:1] + kv['k'].shape[2:3], bool)
+    return encoded, jnp.concatenate([fusion_mask.astype(bool), encoder_mask], axis=1)
   if fusion_mask is None:
     fusion_mask = jnp.ones(fusion_states.shape[:2], bool)
   return (jnp.concatenate([fusion_states.astype(encoded.dtype), encoded], axis=1),
           jnp.concatenate([fusion_mask.astype(bool), encoder_mask], axis=1))
+
+
+def fusion_kv(config: T5Config, params: dict, fusion_states: Array,
+              peft: dict | None = None) -> dict[str, Array]:
+  """Every decoder layer's cross-attention keys/values of the fusion states.
+
+  What `Attention` computes for the fusion positions on each query, done once
+  (per task, at hypertune time): with them in `peft['decoder']['cross']['fusion']`
+  a fusion-in-decoder query costs what a prefix query costs. A value LoRA on
+  the cross site is included, as it applies to those positions too.
+
+  Args:
+    config: the downstream config (compute dtype).
+    params: downstream parameters, unscanned or scanned.
+    fusion_states: [B, T, D] (the generator's `aux['fusion_states']`).
+    peft: the generated PEFT of the same rows (for a cross-site value LoRA).
+
+  Returns:
+    {'k': [B, L, T, heads*d_kv], 'v': ...} in the compute dtype.
+  """
+  from hyperflax.model.layers import _lora_delta
+  dec = params['decoder']
+  if 'layers' in dec:  # scan_layers: [L, ...] stacked kernels
+    attn = dec['layers']['layer']['encoder_decoder_attention']
+    kernels = {n: [attn[n][i] for i in range(config.num_decoder_layers)] for n in ('key', 'value')}
+  else:
+    kernels = {n: [dec[f'layers_{i}']['encoder_decoder_attention'][n]
+                   for i in range(config.num_decoder_layers)] for n in ('key', 'value')}
+  dt = config.compute_dtype
+  x = fusion_states.astype(dt)
+  cross = ((peft or {}).get('decoder') or {}).get('cross') or {}
+  out = {}
+  for kv, name in (('k', 'key'), ('v', 'value')):
+    per_layer = []
+    for i, kernel in enumerate(kernels[name]):
+      y = jnp.einsum('BTD,DF->BTF', x, jnp.asarray(kernel).astype(dt))
+      lora = cross.get(name) if name == 'value' else None
+      if lora is not None:
+        y = y + _lora_delta(x, jax.tree.map(lambda a, i=i: a[:, i], lora))
+      per_layer.append(y)
+    out[kv] = jnp.stack(per_layer, axis=1)
+  return out
 
 
 def init_params(config: T5Config, rng: Array) -> dict:
