@@ -4,13 +4,16 @@ r"""Convert T5 v1.1 checkpoints between transformers and hyperflax.
   python -m hyperflax.convert flax-to-hf --checkpoint DIR --out DIR [--dtype bfloat16]
 
 hf-to-flax writes `DIR/config.json` and an orbax checkpoint `DIR/params`;
-flax-to-hf writes `config.json` + `model.safetensors` that
+flax-to-hf also takes a training workdir whose downstream T5 was trained
+(HyperT5+, T5-MTF: its `downstream/` export). flax-to-hf writes
+`config.json` + `model.safetensors` that
 `transformers.T5ForConditionalGeneration.from_pretrained` loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from hyperflax import checkpoints
@@ -26,6 +29,21 @@ def hf_to_flax(hf_dir: str, out_dir: str) -> str:
 
 
 def flax_to_hf(checkpoint_dir: str, out_dir: str, dtype: str = 'float32') -> None:
+  from hyperflax.workdir import Workdir, as_path
+  wd = Workdir(checkpoint_dir)
+  if wd.checkpoints.is_dir() or wd.run_path.exists():  # a training workdir, not a model dir
+    if checkpoints.is_params_checkpoint(wd.path / 'downstream'):  # HyperT5+/T5-MTF export
+      checkpoint_dir = str(wd.path / 'downstream')
+    else:
+      init_from = (wd.read_config() or {}).get('model', {}).get('init_from', '')
+      raise ValueError(
+          f'{checkpoint_dir} is a training workdir whose downstream T5 was not trained'
+          + (f': it is {init_from} (already a model directory)' if init_from else '')
+          + '; `python -m hyperflax.hypertune --checkpoint WORKDIR --examples F --out A '
+          '--export-downstream DIR` writes the T5 its adapters fit')
+  if not as_path(f'{checkpoint_dir}/config.json').exists():
+    raise FileNotFoundError(f'{checkpoint_dir}: no config.json (a `hyperflax.convert '
+                            'hf-to-flax` output directory has config.json and params/)')
   config = T5Config.from_json_file(f'{checkpoint_dir}/config.json')
   if not checkpoints.is_params_checkpoint(checkpoint_dir):
     raise FileNotFoundError(f'{checkpoint_dir}: no params/ orbax checkpoint (write one with '
@@ -44,18 +62,23 @@ def main(argv: list[str] | None = None) -> int:
   b.add_argument('--checkpoint', required=True, help='directory written by hf-to-flax')
   b.add_argument('--out', required=True)
   b.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16', 'float16'])
+  for p in (a, b):
+    p.add_argument('--verbose', '--debug', action='store_true',
+                   help='tracebacks and library INFO logs')
   args = parser.parse_args(argv)
-  try:
+  from hyperflax import cli
+  verbose = args.verbose or cli.verbose_requested([])
+  cli.setup_logging(verbose, logging.WARNING)
+
+  def body():
     if args.command == 'hf-to-flax':
       dtype = hf_to_flax(args.hf, args.out)
       print(f'wrote {args.out} (source dtype {dtype}, stored as float32)')
     else:
       flax_to_hf(args.checkpoint, args.out, args.dtype)
       print(f'wrote {args.out}/config.json and {args.out}/model.safetensors ({args.dtype})')
-  except (FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  return 0
+    return 0
+  return cli.guard(body, verbose, 'hyperflax.convert')
 
 
 if __name__ == '__main__':

@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from typing import Callable
@@ -323,33 +324,46 @@ def _config_and_runs(config, hyper_workdirs, shared_workdirs):
   return config, runs
 
 
-def main(argv=None) -> None:
-  from absl import app, flags
+def main(argv=None) -> int:
+  from absl import flags
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file('config', None, 'config supplying model/data/eval (default: '
-                                  "the first generator run's config.json)", lock_config=False)
-  flags.DEFINE_string('workdir', None, 'where results.json / results.md are written')
-  flags.DEFINE_list('hyper_workdir', [], 'trained hypermodel runs (kinds prefix, prefix_mlp, lora)')
-  flags.DEFINE_list('shared_workdir', [], 'trained T5-MTF shared runs (shared_prefix, shared_lora)')
-  flags.DEFINE_list('methods', list(METHODS), f'PEFT methods, of {METHODS}')
-  flags.DEFINE_list('inits', list(INITS), f'initialisations, of {INITS}')
-  flags.DEFINE_list('learning_rates', ['1e-1', '1e-2', '1e-3'], 'learning-rate sweep')
-  flags.DEFINE_list('seeds', ['0', '1', '2'], 'seeds (random init, minibatch order)')
-  flags.DEFINE_integer('steps', 50, 'optimiser steps per run')
-  flags.DEFINE_integer('batch_size', 8, 'training minibatch (rows of the demonstrations)')
-  flags.DEFINE_integer('train_examples', 0, 'tune on the first N demonstrations (0: all)')
-  flags.DEFINE_string('split', None, 'evaluation split (default: config.eval.split)')
-  flags.DEFINE_integer('tasks_per_group', 0, 'first N tasks of each group (0: all)')
-  flags.DEFINE_integer('eval_every', 0, 'also score every N steps (0: only at the end)')
-  flags.DEFINE_enum('schedule', 'constant', ['constant', 'linear'], 'learning-rate schedule')
-  flags.DEFINE_float('weight_decay', 0.0, 'AdamW weight decay')
-  flags.DEFINE_enum('select', 'task', ['task', 'average'], 'best learning rate per task (the '
-                    'paper) or per method/init over all tasks')
-  flags.mark_flags_as_required(['workdir'])
+  from hyperflax import cli
 
-  def run(_):
-    logging.getLogger().setLevel(logging.WARNING)
-    f = flags.FLAGS
+  def define(fv):
+    config_flags.DEFINE_config_file('config', None, 'config supplying model/data/eval (default: '
+                                    "the first generator run's config.json)", lock_config=False,
+                                    flag_values=fv)
+    flags.DEFINE_string('workdir', None, 'where results.json / results.md are written',
+                        flag_values=fv)
+    flags.DEFINE_list('hyper_workdir', [], 'trained hypermodel runs (kinds prefix, prefix_mlp, lora)',
+                      flag_values=fv)
+    flags.DEFINE_list('shared_workdir', [], 'trained T5-MTF shared runs (shared_prefix, shared_lora)',
+                      flag_values=fv)
+    flags.DEFINE_list('methods', list(METHODS), f'PEFT methods, of {METHODS}', flag_values=fv)
+    flags.DEFINE_list('inits', list(INITS), f'initialisations, of {INITS}', flag_values=fv)
+    flags.DEFINE_list('learning_rates', ['1e-1', '1e-2', '1e-3'], 'learning-rate sweep',
+                      flag_values=fv)
+    flags.DEFINE_list('seeds', ['0', '1', '2'], 'seeds (random init, minibatch order)',
+                      flag_values=fv)
+    flags.DEFINE_integer('steps', 50, 'optimiser steps per run', flag_values=fv)
+    flags.DEFINE_integer('batch_size', 8, 'training minibatch (rows of the demonstrations)',
+                         flag_values=fv)
+    flags.DEFINE_integer('train_examples', 0, 'tune on the first N demonstrations (0: all)',
+                         flag_values=fv)
+    flags.DEFINE_string('split', None, 'evaluation split (default: config.eval.split)',
+                        flag_values=fv)
+    flags.DEFINE_integer('tasks_per_group', 0, 'first N tasks of each group (0: all)',
+                         flag_values=fv)
+    flags.DEFINE_integer('eval_every', 0, 'also score every N steps (0: only at the end)',
+                         flag_values=fv)
+    flags.DEFINE_enum('schedule', 'constant', ['constant', 'linear'], 'learning-rate schedule',
+                      flag_values=fv)
+    flags.DEFINE_float('weight_decay', 0.0, 'AdamW weight decay', flag_values=fv)
+    flags.DEFINE_enum('select', 'task', ['task', 'average'], 'best learning rate per task (the '
+                      'paper) or per method/init over all tasks', flag_values=fv)
+
+  def run(fv):
+    f = fv
     config, runs = _config_and_runs(f.config, f.hyper_workdir, f.shared_workdir)
     from hyperflax import runtime
     runtime.preflight(config)  # a full-size T5 on CPU is refused unless allowed
@@ -374,8 +388,9 @@ def main(argv=None) -> None:
     text = write_results(f.workdir, records, summarise(records, f.select), settings)
     print('\n' + text)
 
-  app.run(run, argv=argv)
+  return cli.absl_main(__doc__, define, run, argv, 'hyperflax.peft_tuning',
+                       required=('workdir',))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -44,6 +44,9 @@ def read_queries(path: str) -> list[dict]:
                                 not all(isinstance(o, str) for o in options)):
       raise ValueError(f'{where}: "options" must be a non-empty list of strings')
     rows.append(row)
+  if not rows:
+    raise ValueError(f'{path}: no queries (the file is empty); one JSON object per line, '
+                     'e.g. {"input": "..."}')
   return rows
 
 
@@ -105,21 +108,23 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--vocab', default=None, help="tokenizer override: 'words' or spiece.model")
   parser.add_argument('--lengths', type=int, nargs=2, metavar=('ENCODER', 'DECODER'),
                       help="token lengths (default: the adapter's)")
+  parser.add_argument('--verbose', '--debug', action='store_true',
+                      help='tracebacks and library INFO logs')
   args = parser.parse_args(argv)
   args.early_stopping = {'false': False, 'true': True, 'never': 'never'}[args.early_stopping]
-  logging.basicConfig(level=logging.WARNING, format='%(message)s')
-  try:
-    results = run(args)
-  except (FileNotFoundError, ValueError, KeyError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 2
-  lines = ''.join(json.dumps(r) + '\n' for r in results)
-  if args.out:
-    with open(args.out, 'w') as f:
-      f.write(lines)
-  else:
-    sys.stdout.write(lines)
-  return 0
+  from hyperflax import cli
+  verbose = args.verbose or cli.verbose_requested([])
+  cli.setup_logging(verbose, logging.WARNING)
+
+  def body():
+    lines = ''.join(json.dumps(r) + '\n' for r in run(args))
+    if args.out:
+      from hyperflax.workdir import write_atomic
+      write_atomic(args.out, lines)
+    else:
+      sys.stdout.write(lines)
+    return 0
+  return cli.guard(body, verbose, 'hyperflax.predict')
 
 
 if __name__ == '__main__':

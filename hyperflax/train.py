@@ -29,7 +29,8 @@ from hyperflax.training.experiment import Experiment
 from hyperflax.training.optim import make_optimizer
 from hyperflax.training.sharded import Plan
 from hyperflax.training.step import make_train_step
-from hyperflax.workdir import (Workdir, WorkdirError, absolute_paths, load_run_config,  # noqa: F401 (re-exported)
+# load_run_config / load_trainable are re-exported: callers import them from here.
+from hyperflax.workdir import (Workdir, WorkdirError, absolute_paths, load_run_config,  # noqa: F401
                                load_trainable, tokenizer_info, tokenizer_of)
 
 STEP_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets', 'target_weights')

@@ -211,8 +211,9 @@ def tokenizer_of(config: ml_collections.ConfigDict):
   """The tokenizer `config`'s training data uses in this environment."""
   from hyperflax.data import registry
   d = config.data
-  _, ctx = registry._context(d.name, config.seed, d.num_shots, d.get('data_dir') or None,  # pylint: disable=protected-access
-                             d.get('vocab_path') or None, dict(d.get('options', {}) or {}))
+  _, ctx = registry._context(  # pylint: disable=protected-access
+      d.name, config.seed, d.num_shots, d.get('data_dir') or None, d.get('vocab_path') or None,
+      dict(d.get('options', {}) or {}))
   return ctx.tokenizer
 
 
@@ -235,6 +236,23 @@ def architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
+def _check_backend(path) -> None:
+  """A URL workdir needs a filesystem for its scheme: say which, before any work."""
+  if not is_url(path):
+    return
+  scheme = os.fspath(path).split('://', 1)[0]
+  try:
+    import fsspec
+    fsspec.get_filesystem_class('gcs' if scheme == 'gs' else scheme)
+  except (ImportError, ValueError):
+    from etils.epath import gpath
+    if scheme in ('gs', 's3') and gpath._is_tf_installed():  # pylint: disable=protected-access
+      return  # tf.io.gfile serves gs:// and s3://
+    package = {'gs': 'gcsfs google-cloud-storage', 's3': 's3fs'}.get(scheme, f'an fsspec {scheme}')
+    raise WorkdirError(f'{path}: no filesystem for {scheme}:// here (pip install {package})') \
+        from None
+
+
 def _tokenizer_id(record: dict | None):
   return None if not record else (record.get('kind'), record.get('sha256'))
 
@@ -244,6 +262,7 @@ class Workdir:
 
   def __init__(self, path):
     self.path = as_path(path)
+    _check_backend(self.path)
     self.config_path = self.path / 'config.json'
     self.run_path = self.path / 'run.json'
     self.checkpoints = self.path / 'checkpoints'

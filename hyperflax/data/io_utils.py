@@ -31,8 +31,13 @@ def iter_json_lines(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
     ValueError: `path:line: malformed JSON line (...)`.
   """
   path = require_file(path)
-  with open(path, encoding='utf-8') as f:
-    for lineno, line in enumerate(f, 1):
+  with open(path, 'rb') as f:  # decoded per line, so a bad byte is reported with its line
+    for lineno, raw in enumerate(f, 1):
+      try:
+        line = raw.decode('utf-8')
+      except UnicodeDecodeError as e:
+        raise ValueError(f'{path}:{lineno}: not UTF-8 (byte {raw[e.start:e.start + 1]!r} at '
+                         f'column {e.start + 1})') from None
       if not line.strip():
         continue
       try:

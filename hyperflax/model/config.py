@@ -91,6 +91,10 @@ class T5Config:
   @classmethod
   def from_hf_dict(cls, d: dict[str, Any], source: str = 'config.json',
                    **overrides) -> 'T5Config':
+    model_type = d.get('model_type', 't5')
+    if model_type not in ('t5', 'mt5', 'umt5'):
+      raise ValueError(f'{source}: model_type={model_type!r}; hyperflax reads T5 v1.1 '
+                       "checkpoints (model_type 't5')")
     proj = d.get('feed_forward_proj', 'relu')
     if proj != 'gated-gelu':
       raise ValueError(
@@ -124,8 +128,12 @@ class T5Config:
 
   @classmethod
   def from_json_file(cls, path: str, **overrides) -> 'T5Config':
-    with open(path) as f:
-      return cls.from_hf_dict(json.load(f), source=path, **overrides)
+    with open(path, encoding='utf-8') as f:
+      try:
+        d = json.load(f)
+      except ValueError as e:  # JSON or UTF-8: name the file
+        raise ValueError(f'{path}: not a readable JSON config ({e})') from None
+    return cls.from_hf_dict(d, source=path, **overrides)
 
 
 # Published T5 v1.1 / LM-adapted sizes (google/t5-v1_1-* config.json files).

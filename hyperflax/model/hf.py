@@ -116,10 +116,15 @@ def read_safetensors(path: str) -> Iterator[tuple[str, np.ndarray, str]]:
   """Yields (name, float32 array, original dtype name) for each stored tensor."""
   from safetensors import safe_open
   for file in _safetensors_files(path):
-    with safe_open(file, framework='flax') as f:
-      for name in f.keys():
-        t = f.get_tensor(name)
-        yield name, np.asarray(t.astype('float32')), str(t.dtype)
+    try:
+      with safe_open(file, framework='flax') as f:
+        for name in f.keys():
+          t = f.get_tensor(name)
+          yield name, np.asarray(t.astype('float32')), str(t.dtype)
+    except Exception as e:  # pylint: disable=broad-except  (SafetensorError names no file)
+      if type(e).__name__ != 'SafetensorError':
+        raise
+      raise ValueError(f'{file}: unreadable safetensors file ({e})') from None
 
 
 def hf_to_params(path: str, config: T5Config) -> tuple[Params, str]:
