@@ -45,9 +45,9 @@ MAX_QUERIES = 16
 # CACLM on the C4 sample, sized to the same lengths: a + d + 3 <= 256, c <= 16.
 CACLM_SEGMENTS = (120, 32, 16, 120)
 METRICS = {
-    'headline': 'MetaICL headline (%): macro-F1 on classification, accuracy on multiple '
-                'choice — options shown',
-    'accuracy': 'rank-classification accuracy (%), every task — options shown',
+    'headline': 'MetaICL headline (%), HyperTuning §5.2: macro-F1 of greedy generations on '
+                'classification, ROUGE-L of generations otherwise',
+    'rank_accuracy': 'rank-classification accuracy (%), every task — options shown',
     'generated_exact_match': demo.METRICS['generated_exact_match'],
 }
 
