@@ -132,6 +132,11 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   count = pack(args.out)
   print(f'packed {count} tracked files into {args.out} ({os.path.getsize(args.out)} bytes)')
+  others = subprocess.run(['git', '-C', REPO, 'ls-files', '--others', '--exclude-standard'],
+                          capture_output=True, text=True, check=True).stdout.split()
+  if others:  # a new config not yet `git add`ed would be missing on the workers
+    print(f'not shipped: {len(others)} untracked files (git add them to ship), e.g. '
+          f'{", ".join(others[:3])}')
   return 0
 
 
