@@ -140,10 +140,14 @@ def training_data_report(config: ml_collections.ConfigDict) -> dict:
   filtered), for results.json; its summary is logged when it is built."""
   from hyperflax import data
   d = config.data
-  return data.data_report(d.name, seed=config.seed, num_shots=d.num_shots,
-                          data_dir=d.get('data_dir') or None,
-                          vocab_path=d.get('vocab_path') or None,
-                          **dict(d.get('options', {}) or {}))
+  try:
+    return data.data_report(d.name, seed=config.seed, num_shots=d.num_shots,
+                            data_dir=d.get('data_dir') or None,
+                            vocab_path=d.get('vocab_path') or None,
+                            **dict(d.get('options', {}) or {}))
+  except (OSError, ValueError) as e:  # evaluating where the training data is not
+    logging.warning('no data report of the training set %r: %s', d.name, e)
+    return {'dataset': d.name, 'error': str(e)}
 
 
 def evaluate(config: ml_collections.ConfigDict, exp: Experiment, trainable: dict, frozen: dict,

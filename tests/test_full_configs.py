@@ -181,3 +181,18 @@ def test_which_configs_are_hyperpretrained():
   for n in CONFIGS:
     if not n.startswith('hypert5_'):
       check_hyperpretraining(load(n))
+
+
+@needs_data
+def test_p3_configs_report_figure6_gaps_for_results_json():
+  from hyperflax.evaluate import training_data_report
+  config = load('hypert5_prefix_large')
+  with config.unlocked():
+    config.data.data_dir = str(SHARED)
+  report = training_data_report(config)  # what evaluate writes into results.json
+  assert report['dataset'] == 'p3_t0_train'
+  fig = report['p3_figure6']
+  assert (fig['num_present'], fig['num_missing'], fig['num_empty'], fig['num_filtered']) == (
+      219, 11, 11, 0)
+  assert report['counts']['empty_file_skipped'] == 11
+  assert report['counts']['task_filtered_avg_input_gt_320'] == 58
