@@ -55,11 +55,19 @@ def fewshot(k):
   return f'(b) few-shot K={k} in context'
 
 
+def hart(k):
+  return f'(a) adapter: HART prefix + fusion K/V, K={k}'
+
+
 def query_paths(config, batch, query_len, ks, tokens_per_demo):
-  """serving_cost's zero-shot and LoRA / prefix paths, plus few-shot at every K."""
+  """serving_cost's zero-shot and LoRA / prefix paths, plus few-shot at every K and
+  HART's adapter (prefixes + stored fusion keys/values of K demonstrations)."""
   base = sc._paths(config, batch, 0, query_len)
   paths = {p: base[p] for p in (ZERO, *ADAPTERS.values())}
   paths.update({fewshot(k): (k * tokens_per_demo + query_len, None, None) for k in ks})
+  prefix = base[ADAPTERS['prefix']][1]
+  paths.update({hart(k): (query_len, {**prefix, **sc.fusion_kv_shapes(
+      config, batch, k * tokens_per_demo)}, k * tokens_per_demo) for k in ks})
   return paths
 
 
@@ -118,6 +126,9 @@ def summarise(per_query, generation, ks):
       row[f'{kind}_extra_vs_zero_shot'] = row[kind] - zero
       row[f'{kind}_generation_in_zero_shot_queries'] = (
           None if generation[kind][k] is None else generation[kind][k] / zero)
+    row['hart'] = per_query[hart(k)]  # its query reads K demos' stored keys/values
+    row['hart_x_zero_shot'] = row['hart'] / zero
+    row['fewshot_over_hart'] = row['fewshot'] / row['hart']
     rows.append(row)
   return rows
 
@@ -134,6 +145,9 @@ def print_table(name, rows, unit, scale):
     cells += [_fmt(r[key], scale) for key in ('lora_generation', 'prefix_generation')]
     print(f'| {r["K"]} | ' + ' | '.join(cells) + ' | '
           f'{_fmt(r["lora_break_even"], digits=2)} | {_fmt(r["prefix_break_even"], digits=2)} |')
+  print('HART adapter (prefixes + stored fusion K/V) per query, by K: ' + '; '.join(
+      f'K={r["K"]} {_fmt(r["hart"], scale)} = {r["hart_x_zero_shot"]:.3f}x zero-shot, '
+      f'few-shot/HART {r["fewshot_over_hart"]:.2f}x' for r in rows))
   r = rows[-1]
   print(f'adapter / zero-shot per query: {r["lora_x_zero_shot"]:.3f} (LoRA), '
         f'{r["prefix_x_zero_shot"]:.3f} (prefix)')

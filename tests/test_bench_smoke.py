@@ -50,3 +50,26 @@ def test_hypertuning_cost_break_even_on_tiny():
   assert rows[1]['fewshot'] > 2 * rows[0]['fewshot'] > 2 * rows[0]['zero_shot']
   assert rows[1]['lora_generation'] > rows[0]['lora_generation'] > 0
   assert hc.break_even(1.0, 2.0, 2.0) == float('inf') and hc.break_even(None, 2, 1) is None
+
+
+def test_accelerator_step_tiny_runs_end_to_end(tmp_path):
+  """bench/accelerator_step.py --tiny: the XL benchmark's code path on :tiny configs (CPU).
+  (hypert5_lora_xl:tiny is left to the full command: same code, another compile.)"""
+  import json
+  import accelerator_step
+  out = tmp_path / 'acc.json'
+  assert accelerator_step.main(['--tiny', '--only', 'hart_xl,score', '--steps', '1',
+                                '--score-rows', '2', '--out', str(out)]) == 0
+  rows = {r['name']: r for r in json.loads(out.read_text())}
+  assert set(rows) == {'hart_xl:tiny', 'tiny scoring, zero-shot',
+                       'tiny scoring, HART adapter (fusion K/V)'}
+  train = rows['hart_xl:tiny']
+  assert train['scan_layers'] and train['remat'] and train['step_s'] > 0
+  assert 1.0 < train['loss'] < 20.0  # a real cross-entropy, no NaN
+  # XLA also counts remat's recomputation and elementwise work: above the analytic count,
+  # but the same order.
+  assert 0.3 < train['analytic_flops'] / train['xla_flops'] < 1.0
+  for name in ('tiny scoring, zero-shot', 'tiny scoring, HART adapter (fusion K/V)'):
+    assert 0.8 < rows[name]['analytic_flops'] / rows[name]['xla_flops'] < 1.1, rows[name]
+  assert rows['tiny scoring, HART adapter (fusion K/V)']['analytic_flops'] > rows[
+      'tiny scoring, zero-shot']['analytic_flops']
