@@ -27,6 +27,7 @@ import tensorflow as tf
 from hyperflax.data import registry as hf_registry
 from hyperflax.data.examples import Lengths
 from hyperflax.data.vocab import resolve_data_dir
+from hyperflax.tasks import metrics as task_metrics
 
 SPLITS = {
     'caclm': ('train', 'validation'),
@@ -155,7 +156,9 @@ def register_all(data_dir: str | os.PathLike | None = None,
                         (options or {}).get(name, {})),
             splits=_splits(name), caching_permitted=False),
         output_features=features,
-        preprocessors=[seqio.preprocessors.append_eos_after_trim])
+        preprocessors=[seqio.preprocessors.append_eos_after_trim],
+        # CACLM validation: teacher-forced token accuracy and loss.
+        metric_fns=[task_metrics.caclm_validation] if spec.kind == 'caclm' else [])
     registered.append(name)
   seqio.MixtureRegistry.remove(MIXTURE)
   seqio.MixtureRegistry.add(MIXTURE, [(n, 1.0) for n in _MIXED])
