@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.hyper.hyperpretrain_config = ''  # e.g. 'caclm_prefix_large' (a configs/ name)
   c.hyper.skip_hyperpretraining = False
   c.hyper.init_backbone = True      # copy the downstream T5 weights into the backbone
+  # Copy the backbone from this T5 checkpoint instead (a transformers dir or
+  # `hyperflax.convert` output of the frozen model's width): HART-FLAN-T5.
+  c.hyper.backbone_from = ''
 
   c.data = ml_collections.ConfigDict()
   c.data.name = 'p3_t0_train'       # a name from `hyperflax.data.names()`
@@ -59,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 256
   c.data.num_shots = 16
   c.data.lengths = (1024, 384, 128)  # hypermodel input, downstream input, target
+  # What the downstream reads: '' = the method's own (hypermodel: the query;
+  # t5_mtf: the query; t5_mtf_fewshot: demonstrations + query); 'concat' gives
+  # the shared PEFT baselines few-shot inputs (HART's Prefix-Tuning / LoRA rows).
+  c.data.mode = ''
   c.data.options = ml_collections.ConfigDict()
 
   c.optim = ml_collections.ConfigDict()

@@ -3,11 +3,17 @@ r"""Hypermodel-generated initialisation for further PEFT (HyperTuning §6, Table
   python -m hyperflax.peft_tuning --workdir=runs/hyper_init \
       --hyper_workdir=runs/demo/mtf_prefix,runs/demo/mtf_prefix_mlp,runs/demo/mtf_lora \
       --shared_workdir=runs/demo/mtf_shared_prefix,runs/demo/mtf_shared_lora \
-      [--config=configs/x.py:tiny] [--learning_rates=1e-1,1e-2,1e-3] [--seeds=0,1,2]
+      [--config=configs/x.py:tiny] [--learning_rates=1e-3,1e-4,1e-5] [--seeds=0,1,2]
 
-For every evaluation task, the PEFT parameters of that one task (batch axis 1,
-broadcast to the batch) are tuned on the task's demonstrations against the
-frozen downstream T5, then its held-out queries are scored by rank
+The paper's protocol (`--protocol=paper`, the default; P3 held-out only): for
+each held-out dataset, Appendix B.1's one prompt; the PEFT parameters of that
+one task (batch axis 1, broadcast to the batch) are tuned on the dataset's
+training examples (MetaICL's k=16 files of its training split, at most 160:
+`hyperflax.peft_data` says what the shared layout has and lacks), the Hyper
+Init is generated from 16 of them, and the whole dev set is scored by rank
+classification (`evaluate.evaluate_task`). `--protocol=demos` tunes every
+template of `config.eval` on its fixed demonstrations (drawn from the
+evaluation set) and scores the remaining queries. Methods x initialisations:
 classification (`evaluate.evaluate_task`). Methods x initialisations:
 
   prefix      Prefix-Flat: the per-layer keys/values [1, L, P, F] are trained.
@@ -26,8 +32,8 @@ classification (`evaluate.evaluate_task`). Methods x initialisations:
 
 Each (method, init) is tuned at every learning rate and seed (AdamW, gradients
 clipped to norm 1, constant rate by default, no dropout; the seed draws the
-random init and the minibatch order over the demonstrations). As the
-paper, the best learning rate is chosen per method-task pair on the mean over
+random init and the minibatch order over the training rows). As the
+paper ({1e-3, 1e-4, 1e-5} by default), the best learning rate is chosen per method-task pair on the mean over
 seeds (`--select=average`: one per method/init); the table reports mean ± std
 over seeds of the per-column averages. There is no separate validation set:
 the learning rate is chosen on the reported queries, so the numbers are
@@ -37,7 +43,6 @@ Writes `results.json` and `results.md` (tuned, and at step 0) to `--workdir`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -54,6 +59,7 @@ from hyperflax.training.experiment import Experiment, t5_config_from
 from hyperflax.training.peft_init import (INIT_LABELS, INITS, METHOD_LABELS, METHODS,
                                           SOURCE_KIND, GeneratorRun, Tuning, load_run,
                                           make_tuner, minibatch_order, optimizer)
+from hyperflax.training.peft_table import format_table, summarise, write_results
 
 __all__ = ['GeneratorRun', 'INITS', 'METHODS', 'SOURCE_KIND', 'Tuning', 'load_run',
            'load_tasks', 'make_tuner', 'minibatch_order', 'optimizer', 'run_sweep',
@@ -65,10 +71,12 @@ __all__ = ['GeneratorRun', 'INITS', 'METHODS', 'SOURCE_KIND', 'Tuning', 'load_ru
 _FIELDS = ('encoder_inputs', 'decoder_inputs', 'targets', 'target_weights')
 
 
-def train_pool(task, num_examples: int | None = None) -> dict[str, np.ndarray]:
-  """The task's demonstrations as training rows [N, ...] (query -> target)."""
+def train_pool(task, num_examples: int | None = None, examples=None) -> dict[str, np.ndarray]:
+  """Training rows [N, ...] (query -> target): `examples` (the paper's protocol:
+  the task's training data), else the task's demonstrations."""
   from hyperflax.data.fewshot import Episode
-  demos = list(task.demos)[:num_examples] if num_examples else list(task.demos)
+  demos = list(task.demos if examples is None else examples)
+  demos = demos[:num_examples] if num_examples else demos
   if not demos:
     raise ValueError(f'{task.name}: no demonstrations to tune on')
   eps = [Episode(task.name, d, (), task.data.definition, task.task_index, i)
@@ -130,10 +138,11 @@ def _sizes(config, runs: dict[str, GeneratorRun], methods) -> dict:
 
 
 def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METHODS,
-              inits=INITS, learning_rates=(1e-1, 1e-2, 1e-3), seeds=(0, 1, 2), steps: int = 50,
+              inits=INITS, learning_rates=(1e-3, 1e-4, 1e-5), seeds=(0, 1, 2), steps: int = 50,
               batch_size: int = 8, split: str = 'validation', tasks_per_group: int = 0,
               train_examples: int = 0, eval_every: int = 0, schedule: str = 'constant',
-              weight_decay: float = 0.0, log: Callable = logging.info) -> list[dict]:
+              weight_decay: float = 0.0, protocol: str = 'paper', max_queries: int = 0,
+              log: Callable = logging.info) -> list[dict]:
   """Tunes every (method, init, task, learning rate, seed); one record each.
 
   Args:
@@ -141,9 +150,15 @@ def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METH
     runs: generator kind -> GeneratorRun (see SOURCE_KIND).
     downstream: the frozen T5's parameters.
 
+    protocol: 'paper' (P3 held-out only): Appendix B.1's one prompt per
+      dataset, tuned on the dataset's training examples (`hyperflax.peft_data`),
+      the Hyper Init generated from 16 of them, the whole dev set scored;
+      'demos': every template of `config.eval`, tuned on the task's fixed
+      demonstrations (drawn from the evaluation set), the rest scored.
+
   Returns:
     Records {method, init, task, group, lr, seed, score, score_step0,
-    loss_first, loss_last, curve [[step, score], ...]}.
+    loss_first, loss_last, curve [[step, score], ...], train_source}.
   """
   from hyperflax import evaluate as eval_lib
   for method in methods:
@@ -158,8 +173,22 @@ def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METH
   chunk = eval_every or steps
   t5_config = t5_config_from(config)
   sizes = _sizes(config, runs, methods)
-  tasks = load_tasks(config, split, 'zero_shot', tasks_per_group)
-  hyper_tasks = load_tasks(config, split, 'hyper', tasks_per_group) if 'hyper' in inits else None
+  if protocol == 'paper':
+    if config.eval.name != 'p3_heldout':
+      raise ValueError(f"protocol 'paper' is HyperTuning §6 on P3 held-out tasks; "
+                       f"config.eval.name={config.eval.name!r} needs --protocol=demos")
+    from hyperflax import peft_data
+    sets, train_sets, sources = peft_data.task_sets(
+        config, ('zero_shot', 'hyper') if 'hyper' in inits else ('zero_shot',),
+        max_queries=max_queries or None)
+    tasks, hyper_tasks = sets['zero_shot'], sets.get('hyper')
+  elif protocol == 'demos':
+    tasks = load_tasks(config, split, 'zero_shot', tasks_per_group)
+    hyper_tasks = load_tasks(config, split, 'hyper', tasks_per_group) if 'hyper' in inits \
+        else None
+    train_sets, sources = [None] * len(tasks), ['eval_demos'] * len(tasks)
+  else:
+    raise ValueError(f"protocol={protocol!r}; known: 'paper', 'demos'")
   if hyper_tasks and [t.name for t in hyper_tasks] != [t.name for t in tasks]:
     raise AssertionError('the hyper-mode and zero-shot task lists differ')
   eval_batch = int(config.eval.batch_size)
@@ -179,7 +208,7 @@ def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METH
 
     for t, task in enumerate(tasks):
       t0 = time.time()
-      pool = jax.tree.map(jnp.asarray, train_pool(task, train_examples or None))
+      pool = jax.tree.map(jnp.asarray, train_pool(task, train_examples or None, train_sets[t]))
       num_examples = int(pool['targets'].shape[0])
       hyper_inputs = jnp.asarray(task_hyper_inputs(hyper_tasks[t])) if hyper_tasks else None
       for init in inits:
@@ -208,7 +237,7 @@ def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METH
                             'group': task.group or task.name, 'lr': float(lr), 'seed': int(seed),
                             'score_step0': float(score0), 'score': float(curve[-1][1]),
                             'loss_first': float(losses[0]), 'loss_last': float(losses[-1]),
-                            'curve': curve})
+                            'curve': curve, 'train_source': sources[t]})
       done = [r for r in records if r['method'] == method and r['task'] == task.name]
       log(f'{METHOD_LABELS[method]} {task.name}: {len(done)} runs in {time.time() - t0:.0f}s; '
           + ', '.join(f'{i} {max(r["score"] for r in done if r["init"] == i):.1f}'
@@ -217,87 +246,52 @@ def run_sweep(config, runs: dict[str, GeneratorRun], downstream, *, methods=METH
 
 
 
-# ---- the table ------------------------------------------------------------------
+def pipeline_sweep(workdirs: dict, out_dir, tiny: bool = False, **settings) -> dict:
+  """Table 6/7 rows from trained runs (`hyperflax.pipeline`'s hyper-init recipe).
 
-def summarise(records: list[dict], select: str = 'task') -> dict:
-  """Table 6 from sweep records.
-
-  For each (method, init) the learning rate is chosen per task (`select='task'`,
-  the paper's "best average result over 3 random seeds" per method-task pair)
-  or once over all tasks (`'average'`), on the mean over seeds. Each column
-  (task group) is the mean over its tasks; AVG the mean over columns; both are
-  computed per seed and reported as mean and std (numpy's, ddof=0) over seeds.
+  Args:
+    workdirs: {'hyper': [prefix, prefix_mlp, lora run dirs], 'shared': [...]}.
+    out_dir: where results.json / results.md go.
+    tiny: a smoke sweep (2 steps, one rate and seed, 4 queries, 8 training rows).
+    **settings: `run_sweep` keyword arguments (override the above).
 
   Returns:
-    {'columns': [...], 'rows': {label: {column: {'mean', 'std'}}},
-     'step0': same for the scores before tuning, 'best_lr': {label: {task: lr}}}.
+    {row label: {column: mean}} with the paper's P3 column names and AVG.
   """
-  if select not in ('task', 'average'):
-    raise ValueError(f"select={select!r}; known: 'task', 'average'")
-  columns, group_of = [], {}
-  for r in records:
-    if r['group'] not in columns:
-      columns.append(r['group'])
-    group_of[r['task']] = r['group']
-  # (method, init) -> task -> lr -> seed -> record
-  table: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
-  for r in records:
-    table[(r['method'], r['init'])][r['task']][r['lr']][r['seed']] = r
-  rows, step0, best = {}, {}, {}
-  order = {m: i for i, m in enumerate(METHODS)} | {i: j for j, i in enumerate(INITS)}
-  for (method, init) in sorted(table, key=lambda k: (order[k[0]], order[k[1]])):
-    by_task = table[(method, init)]
-    label = f'{METHOD_LABELS[method]} ({INIT_LABELS[init]})'
-    mean_of = lambda runs, key='score': float(np.mean([r[key] for r in runs.values()]))
-    if select == 'average':
-      lrs = next(iter(by_task.values())).keys()
-      lr = max(lrs, key=lambda lr: np.mean([mean_of(by_task[t][lr]) for t in by_task]))
-      chosen = {t: lr for t in by_task}
-    else:
-      chosen = {t: max(lrs, key=lambda lr: mean_of(lrs[lr])) for t, lrs in by_task.items()}
-    best[label] = chosen
-    seeds = sorted(next(iter(by_task[next(iter(by_task))].values())))
-    for out, key in ((rows, 'score'), (step0, 'score_step0')):
-      per_seed = {c: [] for c in columns}  # column -> [per-seed column score]
-      for seed in seeds:
-        for c in columns:
-          vals = [by_task[t][chosen[t]][seed][key] for t in by_task if group_of[t] == c]
-          per_seed[c].append(float(np.mean(vals)) if vals else float('nan'))
-      present = [c for c in columns if not np.isnan(per_seed[c][0])]
-      per_seed['AVG'] = [float(np.mean([per_seed[c][s] for c in present]))
-                         for s in range(len(seeds))]
-      out[label] = {c: {'mean': float(np.mean(v)), 'std': float(np.std(v))}
-                    for c, v in per_seed.items()}
-  return {'columns': columns + ['AVG'], 'rows': rows, 'step0': step0, 'best_lr': best}
+  from hyperflax import recipes
+  config, runs = _config_and_runs(None, [str(d) for d in workdirs.get('hyper', [])],
+                                  [str(d) for d in workdirs.get('shared', [])],
+                                  allow_random=tiny)
+  exp = Experiment(config, t5_config_from(config), None)
+  downstream = _frozen_of(exp)
+  if tiny:
+    settings = dict(dict(learning_rates=(1e-3,), seeds=(0,), steps=2, batch_size=2,
+                         max_queries=4, train_examples=8), **settings)
+  records = run_sweep(config, runs, downstream, **settings)
+  summary = summarise(records)
+  write_results(str(out_dir), records, summary, {
+      'seeds': settings.get('seeds', (0, 1, 2)), 'select': 'task', 'steps':
+      settings.get('steps', 50), 'learning_rates': settings.get('learning_rates',
+                                                                (1e-3, 1e-4, 1e-5))})
+  rename = dict(recipes.P3_GROUPS, AVG='AVG')
+  return {label: {rename[c]: v['mean'] for c, v in row.items() if c in rename}
+          for label, row in summary['rows'].items()}
 
 
-def format_table(rows: dict, columns: list[str], first: str = 'Method') -> str:
-  """A markdown table of 'mean ± std' cells."""
-  cell = lambda v: '' if v is None or np.isnan(v['mean']) else f'{v["mean"]:.1f} ± {v["std"]:.1f}'
-  lines = ['| ' + ' | '.join([first] + columns) + ' |',
-           '|:--' + '|--:' * len(columns) + '|']
-  for label, values in rows.items():
-    lines.append('| ' + ' | '.join([label] + [cell(values.get(c)) for c in columns]) + ' |')
-  return '\n'.join(lines)
-
-
-def write_results(workdir: str, records: list[dict], summary: dict, settings: dict) -> str:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'settings': settings, 'summary': summary, 'records': records}, f, indent=1)
-  text = (f'Tuned PEFT, accuracy (%) mean ± std over seeds {settings["seeds"]}, best learning '
-          f'rate of {settings["learning_rates"]} per {settings["select"]}; '
-          f'{settings["steps"]} steps\n\n' + format_table(summary['rows'], summary['columns'])
-          + '\n\nBefore tuning (step 0)\n\n'
-          + format_table(summary['step0'], summary['columns']) + '\n')
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(text)
-  return text
+def _frozen_of(exp: Experiment):
+  """The frozen T5 the generators were trained against: `model.init_from`, or
+  (a `:tiny` run with `allow_random_init`) the random T5 `train` drew from the
+  run's seed."""
+  if exp.config.model.get('init_from', ''):
+    return exp.load_downstream(jax.random.PRNGKey(0))
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(exp.config.seed))  # as train()
+  down_rng, _ = jax.random.split(init_rng)  # as Experiment.init
+  return exp.load_downstream(down_rng)
 
 
 # ---- command line -------------------------------------------------------------------
 
-def _config_and_runs(config, hyper_workdirs, shared_workdirs):
+def _config_and_runs(config, hyper_workdirs, shared_workdirs, allow_random: bool = False):
   runs: dict[str, GeneratorRun] = {}
   for flag, dirs, kinds in (('--hyper_workdir', hyper_workdirs, hyper_lib.HYPER_KINDS),
                             ('--shared_workdir', shared_workdirs, hyper_lib.SHARED_KINDS)):
@@ -313,6 +307,13 @@ def _config_and_runs(config, hyper_workdirs, shared_workdirs):
       raise ValueError('no --config and no generator workdir to take the config from')
     config = next(iter(runs.values())).exp.config
   init_from = config.model.get('init_from', '')
+  if not init_from and allow_random:  # `:tiny` runs: one random T5, drawn from one seed
+    for run in runs.values():
+      c = run.exp.config
+      if (c.seed, c.model.to_dict()) != (config.seed, config.model.to_dict()):
+        raise ValueError(f'{run.workdir}: trained against another random T5 (seed/model '
+                         'differ) than the other generators')
+    return config, runs
   if not init_from:
     raise ValueError('config.model.init_from is empty: PEFT tuning needs the frozen T5 '
                      'the generators were trained against')
@@ -341,7 +342,11 @@ def main(argv=None) -> int:
                       flag_values=fv)
     flags.DEFINE_list('methods', list(METHODS), f'PEFT methods, of {METHODS}', flag_values=fv)
     flags.DEFINE_list('inits', list(INITS), f'initialisations, of {INITS}', flag_values=fv)
-    flags.DEFINE_list('learning_rates', ['1e-1', '1e-2', '1e-3'], 'learning-rate sweep',
+    flags.DEFINE_list('learning_rates', ['1e-3', '1e-4', '1e-5'], 'learning-rate sweep '
+                      '(the paper\'s)', flag_values=fv)
+    flags.DEFINE_enum('protocol', 'paper', ['paper', 'demos'], "'paper': App. B.1's prompt "
+                      "per P3 held-out dataset, tuned on its training data; 'demos': every "
+                      'template, tuned on demonstrations from the evaluation set',
                       flag_values=fv)
     flags.DEFINE_list('seeds', ['0', '1', '2'], 'seeds (random init, minibatch order)',
                       flag_values=fv)
@@ -373,7 +378,8 @@ def main(argv=None) -> int:
     split = f.split or config.eval.get('split', 'validation')
     settings = {k: getattr(f, k) for k in (
         'hyper_workdir', 'shared_workdir', 'methods', 'inits', 'steps', 'batch_size',
-        'train_examples', 'tasks_per_group', 'eval_every', 'schedule', 'weight_decay', 'select')}
+        'train_examples', 'tasks_per_group', 'eval_every', 'schedule', 'weight_decay', 'select',
+        'protocol')}
     settings.update(learning_rates=[float(x) for x in f.learning_rates],
                     seeds=[int(x) for x in f.seeds], split=split,
                     downstream=config.model.init_from)
@@ -383,7 +389,7 @@ def main(argv=None) -> int:
                         steps=f.steps, batch_size=f.batch_size, split=split,
                         tasks_per_group=f.tasks_per_group, train_examples=f.train_examples,
                         eval_every=f.eval_every, schedule=f.schedule,
-                        weight_decay=f.weight_decay, log=print)
+                        weight_decay=f.weight_decay, protocol=f.protocol, log=print)
     settings['seconds'] = round(time.time() - t0)
     text = write_results(f.workdir, records, summarise(records, f.select), settings)
     print('\n' + text)

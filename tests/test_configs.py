@@ -1,4 +1,11 @@
-"""Every config: full size builds abstractly; its `:tiny` variant trains a step and evaluates."""
+"""Every config: full size builds abstractly; its `:tiny` variant trains a step and evaluates.
+
+The `:tiny` variants of the configs the default-run recipes use are trained
+and evaluated there, on the real shared data (tests/test_pipeline.py: every
+stage's loss is finite, its gradient non-zero, its evaluation written); here
+only the others (the XL configs, whose recipes run under -m slow) and, under
+-m slow, all of them on the synthetic data of `:tiny`.
+"""
 
 import glob
 import importlib.util
@@ -50,7 +57,17 @@ def test_full_size_config_builds_without_allocating(name):
     assert hyper > 0
 
 
-@pytest.mark.parametrize('name', CONFIGS)
+def _covered_by_default_recipes() -> set:
+  from hyperflax import recipes
+  return {s.config for n, r in recipes.all_recipes().items() if not n.endswith('_xl')
+          for s in r.stages}
+
+
+_COVERED = _covered_by_default_recipes()
+
+
+@pytest.mark.parametrize('name', [pytest.param(n, marks=pytest.mark.slow) if n in _COVERED
+                                  else n for n in CONFIGS])
 def test_tiny_variant_trains_a_step_and_evaluates(name, tmp_path):
   from hyperflax import evaluate
   from hyperflax.train import train

@@ -54,7 +54,7 @@ def hyper_config_from(config: ml_collections.ConfigDict) -> hyper_lib.HyperConfi
     return None
   h = dict(config.hyper)
   for key in ('init_from', 'init_backbone', 'hyperpretrain_config',
-              'skip_hyperpretraining'):  # trainer-level fields
+              'skip_hyperpretraining', 'backbone_from'):  # trainer-level fields
     h.pop(key, None)
   fields = {f.name for f in dataclasses.fields(hyper_lib.HyperConfig)}
   unknown = sorted(set(h) - fields)
@@ -94,6 +94,21 @@ class Experiment:
 
   @property
   def data_mode(self) -> str:
+    mode = self.config.data.get('mode', '')
+    if mode:
+      # Only the shared PEFT baselines may read another input than their own.
+      own = None if self.method == 'hypermodel' and not self.hyper_config.uses_backbone \
+          else self._own_mode()
+      if own is not None:
+        if mode != own:
+          raise ValueError(f'config.data.mode={mode!r}: {self.method} reads {own!r} inputs; '
+                           'only the shared_prefix / shared_lora baselines may change it')
+      elif mode not in ('zero_shot', 'concat'):
+        raise ValueError(f"config.data.mode={mode!r}: allowed '', 'zero_shot', 'concat'")
+      return mode
+    return self._own_mode()
+
+  def _own_mode(self) -> str:
     if self.method == 't5_mtf_fewshot':
       return 'concat'
     if self.method == 't5_mtf' or not self.hyper_config.uses_backbone:
@@ -112,8 +127,31 @@ class Experiment:
     params = init_params(self.t5_config.replace(scan_layers=False), rng)
     return hf.stack_layers(params, self.t5_config) if self.t5_config.scan_layers else params
 
-  def init(self, rng: Array) -> tuple[dict, dict]:
-    """Returns (trainable, frozen) parameter trees."""
+  def load_backbone(self) -> dict | None:
+    """The T5 of `config.hyper.backbone_from` (HART-FLAN-T5), checked to have the
+    frozen model's shape; None when the backbone copies the frozen T5."""
+    path = self.config.hyper.get('backbone_from', '')
+    if not path or self.hyper is None or not self.hyper_config.uses_backbone:
+      return None
+    from hyperflax.pretrained import load_pretrained
+    theirs = t5_config_from(ml_collections.ConfigDict(
+        {'model': {'init_from': path, 'dtype': 'float32'}}))
+    for field in ('d_model', 'd_kv', 'num_heads', 'd_ff', 'num_layers', 'vocab_size'):
+      if getattr(theirs, field) != getattr(self.t5_config, field):
+        raise ValueError(f'config.hyper.backbone_from={path!r}: {field}='
+                         f'{getattr(theirs, field)} but the frozen T5 has '
+                         f'{getattr(self.t5_config, field)} (the backbone must have its width)')
+    if theirs.num_decoder_layers < self.hyper_config.backbone_config(
+        self.hyper_t5_config).num_decoder_layers:
+      raise ValueError(f'config.hyper.backbone_from={path!r}: {theirs.num_decoder_layers} '
+                       'decoder layers, fewer than the hypermodel keeps')
+    _, params = load_pretrained(path, scan_layers=False)
+    return jax.tree.map(jnp.asarray, params)
+
+  def init(self, rng: Array, backbone: dict | None = None) -> tuple[dict, dict]:
+    """Returns (trainable, frozen) parameter trees; `backbone` (unscanned T5
+    parameters, default `load_backbone()`) replaces the frozen T5 as the source
+    of the hypermodel's backbone."""
     down_rng, hyper_rng = jax.random.split(rng)
     downstream = self.load_downstream(down_rng)
     trainable, frozen = {}, {}
@@ -121,6 +159,10 @@ class Experiment:
       backbone_src = downstream
       if self.t5_config.scan_layers:
         backbone_src = hf.unstack_layers(downstream, self.t5_config)
+      if backbone is None:
+        backbone = self.load_backbone()
+      if backbone is not None:
+        backbone_src = backbone
       trainable['hyper'] = hyper_lib.init_hypermodel(
           self.hyper_config, self.hyper_t5_config, hyper_rng,
           t5_params=backbone_src if self.config.hyper.get('init_backbone', True) else None)

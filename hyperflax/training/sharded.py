@@ -112,10 +112,13 @@ class Plan:
       _, host = load_pretrained(exp.config.model.init_from, scan_layers=exp.t5_config.scan_layers)
       where = trainable_sh if exp.trains_downstream else self.frozen
       downstream = jax.device_put(host, where['downstream'])
+    # HART-FLAN-T5's backbone source, read on the host (an argument, not a constant).
+    backbone = exp.load_backbone()
     with activate(self.mesh, self.rules):
       trainable, frozen = jax.jit(
-          lambda r, d: init_fn(exp, d)(r), out_shardings=(trainable_sh, self.frozen),
-          donate_argnums=1)(init_rng, downstream)
+          lambda r, d, b: init_fn(exp, d)(r, backbone=b),
+          out_shardings=(trainable_sh, self.frozen), donate_argnums=1)(init_rng, downstream,
+                                                                       backbone)
       if hyper_params is not None:
         trainable = dict(trainable, hyper=jax.device_put(hyper_params, trainable_sh['hyper']))
       state = jax.jit(lambda t, r: create_state(exp, self.optimizer, t, r, micro_batch),
