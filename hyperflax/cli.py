@@ -57,8 +57,9 @@ def _user_error_types() -> tuple[type, ...]:
 def describe(e: BaseException) -> str:
   """One line for `e`: the file/field it names, without library noise."""
   from absl import flags
-  if isinstance(e, KeyError) and 'Did you mean' in str(e):  # ml_collections override typo
-    parts = str(e).strip('\'"').replace('\\n', '\n').split('\n')
+  text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else ''
+  if 'Did you mean' in text:  # ml_collections: a misspelled --config.* override
+    parts = text.split('\n')
     field = parts[0].strip('\'"')
     return f'--config override names an unknown field {field!r}: {parts[-1].strip()}'
   if isinstance(e, flags.IllegalFlagValueError):

@@ -23,6 +23,7 @@ from typing import Any
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -78,8 +79,13 @@ def verify_checksums(step_dir) -> bool:
 
 def _check_finite(tree, where: str) -> None:
   for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
-    a = np.asarray(leaf)
-    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      continue
+    # On device for jax arrays: a sharded one is not readable whole by one host,
+    # but the reduced scalar is (replicated).
+    finite = (np.isfinite(leaf).all() if isinstance(leaf, np.ndarray)
+              else jnp.isfinite(leaf).all())
+    if not bool(finite):
       raise Unreadable(f'{where}: {jax.tree_util.keystr(path)} holds NaN/Inf')
 
 
@@ -143,15 +149,30 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
 
+  def _verify(self, step: int) -> None:
+    """Process 0 reads the files once; every host gets its verdict."""
+    problem = ''
+    if self.primary:
+      try:
+        verify_checksums(self._step_dir(step))
+      except Unreadable as e:
+        problem = str(e)
+      except OSError as e:
+        problem = f'{self._step_dir(step)}: {type(e).__name__}: {e}'
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      bad = multihost_utils.broadcast_one_to_all(np.int32(bool(problem)))
+      problem = problem or ('checksum mismatch (found by process 0)' if bad else '')
+    if problem:
+      raise Unreadable(problem)
+
   def _restore(self, step: int, abstract) -> tuple[dict, dict]:
     where = os.fspath(self._step_dir(step))
+    self._verify(step)
     try:
-      verify_checksums(self._step_dir(step))
       saved = self.manager.item_metadata(step)['state']
-    except Unreadable:
-      raise
     except Exception as e:  # orbax/tensorstore/JSON raise many types for damaged files
-      raise Unreadable(f'{where}: {type(e).__name__}: {e}') from None
+      raise Unreadable(f'{where}: {type(e).__name__}: {str(e)[:200]}') from None
     if saved is not None:
       diffs = _structure_diff(dict(saved), abstract)
       if diffs:

@@ -126,6 +126,15 @@ def read_metrics(workdir) -> list[dict]:
   return [by_step[s] for s in sorted(by_step)]
 
 
+def _smooth(values, weight: float = 0.9) -> list[float]:
+  """TensorBoard's smoothing: a debiased exponential moving average."""
+  out, avg = [], 0.0
+  for i, v in enumerate(values, 1):
+    avg = weight * avg + (1 - weight) * v
+    out.append(avg / (1 - weight ** i))
+  return out
+
+
 def plot_losses(workdir, out=None, keys=('loss', 'eval_loss')) -> str | None:
   rows = read_metrics(workdir)
   if not rows:
@@ -136,8 +145,14 @@ def plot_losses(workdir, out=None, keys=('loss', 'eval_loss')) -> str | None:
   fig, ax = plt.subplots(figsize=(6, 4))
   for key in keys:
     pts = [(r['step'], r[key]) for r in rows if key in r]
-    if pts:
-      ax.plot(*zip(*pts), label=key)
+    if not pts:
+      continue
+    steps, values = zip(*pts)
+    if len(pts) < 20:  # few points (a short run, a large log_every): show each one
+      ax.plot(steps, values, marker='o', label=key)
+      continue
+    line, = ax.plot(steps, values, alpha=0.3)
+    ax.plot(steps, _smooth(values), color=line.get_color(), label=f'{key} (EMA)')
   ax.set_xlabel('step')
   ax.set_ylabel('loss')
   ax.set_title(as_path(workdir).name)
