@@ -103,6 +103,7 @@ class Server:
     self.config, self.batch_size = config, batch_size
     self.params = jax.tree.map(jnp.asarray, params)
     self.adapters: dict[str, adapters_lib.Adapter] = {}
+    self._on_device: dict[str, dict[str, jax.Array]] = {}
     self.tokenizer = tokenizer_from({}, vocab) if vocab else None
     self._vocab_key = ('override', vocab) if vocab else None
     self.lengths = lengths
@@ -131,6 +132,11 @@ class Server:
     elif lengths and tuple(self.lengths) != (lengths['encoder'], lengths['decoder']):
       log.warning('adapter %r used lengths %s; serving with %s', name, lengths, self.lengths)
     self.adapters[name] = adapter
+    # Device-resident copies: a batch's per-row adapters are stacked on the
+    # device (one gather-like copy), not re-stacked on the host and transferred
+    # on every call, so mixing adapters costs what repeating one does.
+    self._on_device[name] = {k: jnp.asarray(v) for k, v in adapter.tensors.items()
+                             if k not in ('fusion/states',) and not k.startswith('init/')}
     self._converter = None
     return adapter
 
@@ -189,13 +195,14 @@ class Server:
           yield chunk, padded, None, None, None
           continue
         chosen = [self.adapters[names[i]] for i in padded]
-        peft = peft_lib.unflatten({
-            k: jnp.asarray(np.stack([a.slots()[k] for a in chosen])) for k in chosen[0].slots()})
+        on_device = [self._on_device[names[i]] for i in padded]
+        peft = peft_lib.unflatten({k: _stack([d[k] for d in on_device])
+                                   for k in chosen[0].slots()})
         states = mask = None
         if chosen[0].has_fusion:  # keys/values are among the slots; states only in v1 form
           if chosen[0].has_fusion_states:
             states = jnp.asarray(np.stack([a.tensors['fusion/states'] for a in chosen]))
-          mask = jnp.asarray(np.stack([a.tensors['fusion/mask'] for a in chosen]).astype(bool))
+          mask = _stack([d['fusion/mask'] for d in on_device]).astype(bool)
         yield chunk, padded, peft, states, mask
 
   # ---- predictions ---------------------------------------------------------------
@@ -274,6 +281,11 @@ class Server:
       best = int(np.argmax(scores))
       out.append({'scores': scores, 'best': best, 'text': opts[best]})
     return out
+
+
+@jax.jit
+def _stack(arrays):
+  return jnp.stack(arrays)
 
 
 # ---- the small API: warm across calls ----------------------------------------------
