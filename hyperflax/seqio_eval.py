@@ -213,29 +213,36 @@ def summarize(suite, task_metrics: dict[str, dict[str, float]]) -> dict:
                               for k in sorted({k for r in per_task.values() for k in r})}}
 
 
-def register_for_run(config: ml_collections.ConfigDict, mode: str):
-  """The run's evaluation collection as SeqIO Tasks, with its data settings
-  (the arguments `hyperflax.evaluate.eval_tasks` passes)."""
+def register_for_run(config: ml_collections.ConfigDict, mode: str, collection: str | None = None):
+  """The run's evaluation collection (or `collection`) as SeqIO Tasks, with
+  the run's data settings (the arguments `hyperflax.evaluate.eval_tasks` passes)."""
   from hyperflax import tasks  # pylint: disable=g-import-not-at-top
   d, e = config.data, config.eval
+  collection = collection or e.name
+  options = dict(e.get('options', {}) or {}) if collection == e.name else {}
   return tasks.register_eval_tasks(
-      e.name, seed=config.seed,
+      collection, seed=config.seed,
       lengths=tuple(e.get('lengths') or d.get('lengths') or ()) or None,
       num_shots=d.num_shots, mode=mode, data_dir=d.get('data_dir') or None,
       vocab_path=d.get('vocab_path') or None,
-      also_generate=bool(e.get('also_generate', False)),
-      **dict(e.get('options', {}) or {}))
+      also_generate=bool(e.get('also_generate', False)), **options)
+
+
+def _suite_of(mixture: str):
+  """The registered `EvalSuite` holding the mixture's (first) Task, if any."""
+  from hyperflax.tasks import SUITES  # pylint: disable=g-import-not-at-top
+  names = [t.name for t in seqio.dataset_providers.get_subtasks(
+      seqio.get_mixture_or_task(mixture))]
+  for suite in SUITES.values():
+    if names and names[0] in suite.tasks:
+      return suite
+  return None
 
 
 def open_workdir(workdir) -> tuple[ml_collections.ConfigDict, int, dict]:
-  """(run config, checkpoint step, trainable parameters) of a train workdir."""
-  try:
-    from hyperflax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  except ImportError:  # before hyperflax.workdir: the train module's readers
-    from hyperflax import train  # pylint: disable=g-import-not-at-top
-    steps = [int(p.name) for p in (epath.Path(workdir) / 'checkpoints').iterdir()
-             if p.name.isdigit()]
-    return train.load_run_config(workdir), max(steps, default=-1), train.load_trainable(workdir)
+  """(run config, checkpoint step, trainable parameters) of a train workdir,
+  read as every entry point reads it (`hyperflax.workdir`)."""
+  from hyperflax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   step, trainable = workdir_lib.load_trainable(workdir, with_step=True)
   return workdir_lib.load_run_config(workdir), int(step), trainable
 
@@ -254,16 +261,21 @@ def run(workdir: str, config: ml_collections.ConfigDict, trainable, frozen,
     d = config.data
     tasks.register_all(data_dir=d.get('data_dir') or None, vocab_path=d.get('vocab_path') or None,
                        options={d.name: dict(d.get('options', {}) or {})})
-    suite, mixture, split, lengths = None, mixture or d.name, split or 'validation', None
+    mixture, split, lengths = mixture or d.name, split or 'validation', None
     converter_hyper = True
   else:
-    suite = register_for_run(config, exp.data_mode)
+    # A mixture of another collection is evaluated with the run's K, seed,
+    # lengths and mode too (the eval options belong to eval.name only).
+    other = _suite_of(mixture) if mixture else None
+    suite = register_for_run(config, exp.data_mode, other.collection if other else None)
     mixture, split = mixture or suite.mixture, split or e.split
     lengths, converter_hyper = suite.sequence_length(), exp.data_mode == 'hyper'
   from hyperflax.tasks import HyperEncDecFeatureConverter  # pylint: disable=g-import-not-at-top
   converter = (HyperEncDecFeatureConverter(pack=False) if converter_hyper
                else seqio.EncDecFeatureConverter(pack=False))
+  # The run's seed picks CACLM's validation documents (the Evaluator's default is 42).
   evaluator = Evaluator(mixture, converter, eval_split=split, sequence_length=lengths,
+                        seed=int(config.seed),
                         logger_cls=(seqio.JSONLogger, TensorBoardXLogger),
                         log_dir=str(out), async_compute_metrics=False)
   fns = ModelFns(exp, trainable, frozen, int(batch_size or e.batch_size),
@@ -273,7 +285,7 @@ def run(workdir: str, config: ml_collections.ConfigDict, trainable, frozen,
                                  predict_with_aux_fn=fns.predict_with_aux_fn)
   task_metrics = {k: {m: float(v) for m, v in r.items()} for k, r in future.result().items()}
   evaluator.close()
-  if suite is None:
+  if caclm:
     summary = {'per_task': task_metrics}
   else:
     summary = summarize(suite, {k: v for k, v in task_metrics.items() if k in suite.tasks})
@@ -284,27 +296,32 @@ def run(workdir: str, config: ml_collections.ConfigDict, trainable, frozen,
   return {'metrics': task_metrics, 'summary': summary}
 
 
-def main(argv=None) -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string('workdir', None, 'a hyperflax.train workdir')
-  flags.DEFINE_string('mixture', None, 'SeqIO mixture or task (default: <eval.name>_eval)')
-  flags.DEFINE_string('split', None, 'evaluation split (default: config.eval.split)')
-  flags.DEFINE_integer('batch_size', None, 'rows per batch (default: config.eval.batch_size)')
-  flags.mark_flags_as_required(['workdir'])
+def main(argv=None) -> int:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from hyperflax import cli, runtime  # pylint: disable=g-import-not-at-top
 
-  def _run(_):
-    logging.getLogger().setLevel(logging.INFO)
-    f = flags.FLAGS
-    config, step, restored = open_workdir(f.workdir)
+  def define(fv):
+    flags.DEFINE_string('workdir', None, 'a hyperflax.train workdir (or gs:// URL)', flag_values=fv)
+    flags.DEFINE_string('mixture', None, 'SeqIO mixture or task (default: <eval.name>_eval)',
+                        flag_values=fv)
+    flags.DEFINE_string('split', None, 'evaluation split (default: config.eval.split)',
+                        flag_values=fv)
+    flags.DEFINE_integer('batch_size', None, 'rows per batch (default: config.eval.batch_size)',
+                         flag_values=fv)
+
+  def body(fv):
+    config, step, restored = open_workdir(fv.workdir)
+    runtime.preflight(config)  # as hyperflax.evaluate: full size on CPU is refused
     exp = Experiment.from_config(config)
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train() does
     trainable, frozen = exp.init(init_rng)
-    trainable = jax.tree.map(jnp.asarray, restored)
-    run(f.workdir, config, trainable, frozen, exp, mixture=f.mixture, split=f.split,
-        batch_size=f.batch_size, step=step)
+    logging.info('SeqIO evaluation of %s at step %d', fv.workdir, step)
+    run(fv.workdir, config, jax.tree.map(jnp.asarray, restored), frozen, exp,
+        mixture=fv.mixture, split=fv.split, batch_size=fv.batch_size, step=step)
+    return 0
 
-  app.run(_run, argv=argv)
+  return cli.absl_main(__doc__, define, body, argv, 'hyperflax.seqio_eval', required=('workdir',))
 
 
 if __name__ == '__main__':
-  main()
+  raise SystemExit(main())

@@ -49,8 +49,10 @@ def run(tmp_path_factory):
 
 def _both(run, tmp_path, **eval_overrides):
   from hyperflax import evaluate, seqio_eval
+  import ml_collections
   config = run['config'].copy_and_resolve_references()
-  config.eval.update(eval_overrides)
+  for key, value in eval_overrides.items():
+    config.eval[key] = ml_collections.ConfigDict(value) if isinstance(value, dict) else value
   ref = evaluate.evaluate(config, run['exp'], run['trainable'], run['frozen'],
                           str(tmp_path / 'evaluate'))
   got = seqio_eval.run(run['workdir'], config, run['trainable'], run['frozen'], run['exp'],
@@ -170,3 +172,40 @@ def test_t0_names_and_p3_units_match_the_loader():
   assert {t.name for t in mixture.tasks} == {n for n, (_, k) in suite.tasks.items()
                                              if k == 'score'}
   tasks.register_eval_tasks('p3_heldout')  # back to the import-time default
+
+
+@pytest.mark.slow  # trains a second (CACLM) tiny workdir
+def test_caclm_validation_token_accuracy_and_loss(tmp_path):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from hyperflax import data, seqio_eval, train
+  from hyperflax.training.step import make_score_step
+  spec = importlib.util.spec_from_file_location('cfg', ROOT / 'configs' / 'caclm_prefix_large.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('tiny')
+  config.train.num_steps = 2
+  out = train.train(config, str(tmp_path / 'wd'))
+  exp, frozen = out['experiment'], out['frozen']
+  config, step, restored = seqio_eval.open_workdir(str(tmp_path / 'wd'))
+  trainable = jax.tree.map(jnp.asarray, restored)
+  got = seqio_eval.run(str(tmp_path / 'wd'), config, trainable, frozen, exp, step=step)
+  metrics = got['metrics'][config.data.name]
+  # Reference: the same validation rows straight from hyperflax.data, scored
+  # one row at a time (no SeqIO, no batching).
+  d = config.data
+  rows = data.get_dataset(d.name, 'validation', batch_size=1, seed=0,
+                          data_dir=d.get('data_dir') or None, **dict(d.options))
+  score = jax.jit(make_score_step(exp, shared_demos=False))
+  loglik = tokens = correct = 0.0
+  for b in rows:
+    batch = {k: jnp.asarray(b[k]) for k in ('hyper_inputs', 'encoder_inputs', 'decoder_inputs',
+                                            'targets', 'target_weights')}
+    logits, _ = exp.forward(trainable, frozen, batch, deterministic=True, shared_demos=False)
+    w = np.asarray(b['target_weights'])
+    loglik += float(score(trainable, frozen, batch)[0])
+    tokens += float(w.sum())
+    correct += float(((np.asarray(logits).argmax(-1) == b['targets']) * w).sum())
+  assert metrics['loss'] == pytest.approx(-loglik / tokens, rel=1e-5)
+  assert metrics['token_accuracy'] == pytest.approx(correct / tokens * 100, abs=1e-6)
