@@ -101,21 +101,35 @@ def run_curve(workdir: str, model: str, points, seed: int = 0, overrides=None,
 
 
 def plot(workdir: str, out_png: str) -> dict:
-  """Every `*/curve.json` under `workdir` -> one PNG (accuracy per split) + a JSON."""
+  """Every `*/curve.json` under `workdir` -> one PNG (accuracy, exact match, loss) + a JSON."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   curves = {}
   for p in sorted(Path(workdir).glob('*/curve.json')):
     curves[p.parent.name] = json.loads(p.read_text())
-  fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+  losses = {}
+  for name in curves:  # the trainer's log: loss per target token against step
+    path = Path(workdir) / name / 'metrics.jsonl'
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] \
+        if path.exists() else []
+    losses[name] = [(r['step'], r['loss']) for r in rows if 'loss' in r]
+    curves[name]['train_loss'] = losses[name]
+  fig, axes = plt.subplots(2, 3, figsize=(16, 8))
+  ax = axes[0, 2]
+  for name, pts in losses.items():
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], '.-', label=name)
+  ax.set_title('training loss per target token')
+  ax.set_xlabel('training step')
+  axes[1, 2].axis('off')
+  panels = [axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]]
   for (split, metric), ax in zip([(s, m) for m in ('accuracy', 'exact_match')
-                                  for s in SPLITS[:2]], axes.flat):
+                                  for s in SPLITS[:2]], panels):
     for name, c in curves.items():
-      rows = sorted((r for r in c['rows'] if split in r), key=lambda r: r['step'])
+      rows = sorted((r for r in c['rows'] if r.get(split, {}).get(metric) is not None),
+                    key=lambda r: r['step'])
       if rows:
-        ax.plot([r['step'] for r in rows], [r[split][metric] or 0 for r in rows], 'o-',
-                label=name)
+        ax.plot([r['step'] for r in rows], [r[split][metric] for r in rows], 'o-', label=name)
     chance = next((r[split]['chance'] for c in curves.values() for r in c['rows']
                    if split in r and r[split].get('chance')), None)
     if metric == 'accuracy' and chance:
@@ -123,7 +137,7 @@ def plot(workdir: str, out_png: str) -> dict:
     ax.set_title(f'{split}: {"rank accuracy" if metric == "accuracy" else "greedy exact match"}')
     ax.set_xlabel('training step')
     ax.set_ylabel('%')
-  axes.flat[0].legend(fontsize=7)
+  axes[0, 0].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(out_png, dpi=80)
   with open(os.path.splitext(out_png)[0] + '.json', 'w') as f:

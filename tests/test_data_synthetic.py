@@ -169,3 +169,30 @@ def test_synthetic_caclm_context_holds_the_facts_of_the_continuation():
   assert total > 20 and found / total > 0.8
   words = set(' '.join(synthetic.synthetic_documents(200)).split())
   assert not words & set(synthetic.HELDOUT_KEYS)
+
+
+def test_heldout_tasks_do_not_depend_on_the_training_set_size():
+  # Held-out tasks sit past every training index: a larger training set
+  # (option `train_tasks_per_family`) must not swallow them.
+  small = synthetic.SyntheticSuite(train_tasks_per_family=2, heldout_tasks_per_family=2)
+  big = synthetic.SyntheticSuite(train_tasks_per_family=60, heldout_tasks_per_family=2)
+  a, b = small.eval_tasks('heldout_tasks'), big.eval_tasks('heldout_tasks')
+  assert [t.demos for t in a] == [t.demos for t in b]
+  assert not {t.name for t in b} & {t.name for t in big.train_tasks()}
+
+
+def test_probe_family_and_label_subset():
+  task = synthetic.probe_task(0)
+  keys = {e.input.split()[0] for e in task.demos + task.queries}
+  assert keys <= set(synthetic.PROBE_KEYS) and all('has' in e.input for e in task.queries)
+  # Probe keys appear in no training task, held-out family or CACLM text.
+  words = {w for t in SUITE.train_tasks() for e in t.examples for w in e.input.split()}
+  words |= {w for t in SUITE.eval_tasks('validation') for e in t.demos for w in e.input.split()}
+  words |= set(' '.join(synthetic.synthetic_documents(50)).split())
+  assert not words & set(synthetic.PROBE_KEYS)
+  # A query's key is among the demonstrations' (the rule is revealed).
+  assert keys == {e.input.split()[0] for e in task.demos}
+  few = synthetic.SyntheticSuite(train_tasks_per_family=5, num_labels=12)
+  outs = {e.target for t in few.train_tasks() + few.eval_tasks('validation')
+          for e in getattr(t, 'examples', ()) or t.queries}
+  assert outs <= set(synthetic.LABELS[:12])

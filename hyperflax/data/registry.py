@@ -45,7 +45,7 @@ _OPTIONS = {
            'original_task_only', 'max_queries', 'task_sampling', 'size_cap'},
     'synthetic': {'suite_seed', 'train_tasks_per_family',
                   'heldout_tasks_per_family', 'pool_size', 'max_queries',
-                  'task_sampling'},
+                  'task_sampling', 'num_labels', 'many_keys'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -153,7 +153,9 @@ def _suite(ctx) -> synthetic.SyntheticSuite:
       seed=ctx.opt('suite_seed', 0),
       train_tasks_per_family=ctx.opt('train_tasks_per_family', 200),
       heldout_tasks_per_family=ctx.opt('heldout_tasks_per_family', 20),
-      pool_size=ctx.opt('pool_size', 64))
+      pool_size=ctx.opt('pool_size', 64),
+      num_labels=ctx.opt('num_labels', len(synthetic.LABELS)),
+      many_keys=ctx.opt('many_keys', False))
 
 
 def _synthetic_eval(ctx, part):

@@ -71,6 +71,9 @@ PUNCT = (':', '-', ',', '.', 'is', 'has')
 SYLLABLES = tuple(c + v for c in 'bdfgklmnprstvz' for v in 'aeiou')
 PSEUDO_WORDS = tuple(a + b for a, b in itertools.product(SYLLABLES, repeat=2))
 
+# Held-out tasks of seen families start here: no training set reaches it.
+HELDOUT_TASK_OFFSET = 1_000_000
+
 # Lengths that fit every synthetic episode (K=16) with the T5 vocabulary.
 LENGTHS = Lengths(hyper=192, encoder=16, decoder=8)
 
@@ -101,8 +104,8 @@ def _unique(pool_size: int, draw: Callable[[], tuple[str, str, tuple]]):
 
 def _lookup(keys_pool, layout):
   """4 keys mapped onto 3 task labels (at least 2 of them in use)."""
-  def make(rng: np.random.Generator, pool_size: int):
-    keys, labels = _pick(rng, keys_pool, 4), _pick(rng, LABELS, 3)
+  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS):
+    keys, labels = _pick(rng, keys_pool, 4), _pick(rng, words, 3)
     assign = rng.integers(3, size=4)
     while len(set(assign.tolist())) < 2:
       assign = rng.integers(3, size=4)
@@ -117,8 +120,8 @@ def _lookup(keys_pool, layout):
 
 def _category(layout):
   """Foods get the task's first label, tools its second."""
-  def make(rng: np.random.Generator, pool_size: int):
-    labels = _pick(rng, LABELS, 2)
+  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS):
+    labels = _pick(rng, words, 2)
     # Sorted options: their order must not reveal which label is for food.
     options = tuple(sorted(labels))
     def draw():
@@ -133,11 +136,11 @@ def _category(layout):
 
 def _select(sep):
   """Output the word at the task's position (0, 1 or 2)."""
-  def make(rng: np.random.Generator, pool_size: int):
+  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS):
     pos = int(rng.integers(3))
     def draw():
-      words = tuple(_pick(rng, LABELS, 3))
-      return sep.join(words), words[pos], words
+      picked = tuple(_pick(rng, words, 3))
+      return sep.join(picked), picked[pos], picked
     return _unique(pool_size, draw)
   return make
 
@@ -148,9 +151,18 @@ def _pseudo_keys():
 
 
 HELDOUT_KEYS = _pseudo_keys()
+# Keys of the probe family (`probe_task`): three-syllable pseudo-words, a
+# shape no other key or text of the suite has.
+PROBE_KEYS = tuple(''.join(_pick(np.random.default_rng([4321, i]), SYLLABLES, 3))
+                   for i in range(40))
 # CACLM entity names avoid the held-out keys, so hyperpretraining on synthetic
 # text never shows them either.
 _NAMES = tuple(sorted(set(PSEUDO_WORDS) - set(HELDOUT_KEYS)))
+# Training lookup keys with `many_keys`: animals and thousands of pseudo-words,
+# so that a key's label can only come from matching it against the
+# demonstrations (40 animals let a model learn per-key features instead).
+TRAIN_KEYS = ANIMALS + _NAMES
+_LOOKUP_MANY_KEYS = _lookup(TRAIN_KEYS, '{key} {n}')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +182,23 @@ FAMILIES = (
 )
 
 
+# A family no suite task has (new layout, new keys, the suite's output words):
+# what a user would hypertune an adapter for (`bench/hypertune_probe.py`).
+PROBE_FAMILY = Family('lookup_has', _lookup(PROBE_KEYS, '{key} has {n}'), True)
+
+
+def probe_task(index: int = 0, num_shots: int = 16, seed: int = 0,
+               num_labels: int = len(LABELS)) -> EvalTaskData:
+  """One task of `PROBE_FAMILY`: `num_shots` demonstrations + the other queries."""
+  rng = np.random.default_rng([seed, 99, index])
+  name = f'{PROBE_FAMILY.name}/{index:04d}'
+  exs = [Example(i, o, tuple(opts), origin=f'synthetic:{name}')
+         for i, o, opts in PROBE_FAMILY.make(rng, 48, LABELS[:num_labels])]
+  demos, queries = eval_split(exs, num_shots, seed, name)
+  return EvalTaskData(name, demos, queries, metric='accuracy',
+                      group=f'probe:{PROBE_FAMILY.name}')
+
+
 # ---- the suite -----------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -182,18 +211,25 @@ class SyntheticSuite:
     heldout_tasks_per_family: held-out tasks per seen family and tasks per
       held-out family.
     pool_size: distinct examples per task.
+    num_labels: output words in use, the first `num_labels` of LABELS.
+    many_keys: training `lookup` tasks draw keys from TRAIN_KEYS (~4,900)
+      instead of the 40 animals.
   """
   seed: int = 0
   train_tasks_per_family: int = 200
   heldout_tasks_per_family: int = 20
   pool_size: int = 64
+  num_labels: int = len(LABELS)
+  many_keys: bool = False
 
   def _task(self, fam_index: int, task_index: int) -> tuple[str, list[Example]]:
     fam = FAMILIES[fam_index]
     rng = np.random.default_rng([self.seed, fam_index, task_index])
     name = f'{fam.name}/{task_index:04d}'
+    make = _LOOKUP_MANY_KEYS if self.many_keys and fam.name == 'lookup' else fam.make
     return name, [Example(inp, out, tuple(opts), origin=f'synthetic:{name}')
-                  for inp, out, opts in fam.make(rng, self.pool_size)]
+                  for inp, out, opts in make(rng, self.pool_size,
+                                                 LABELS[:self.num_labels])]
 
   def train_tasks(self) -> list[FewShotTask]:
     """Training tasks of the seen families (memoised per configuration)."""
@@ -228,8 +264,8 @@ class SyntheticSuite:
         specs += [(f, i, 'heldout_family') for i in
                   range(self.heldout_tasks_per_family)]
       elif split == 'heldout_tasks' and not fam.heldout:
-        first = self.train_tasks_per_family
-        specs += [(f, first + i, 'heldout_task') for i in
+        # Indices past any training set's (whatever train_tasks_per_family).
+        specs += [(f, HELDOUT_TASK_OFFSET + i, 'heldout_task') for i in
                   range(self.heldout_tasks_per_family)]
       elif split == 'train_tasks' and not fam.heldout:
         specs += [(f, i, 'train_task') for i in
@@ -292,7 +328,7 @@ class WordTokenizer:
 
   def __init__(self):
     words = sorted(set(LABELS + ANIMALS + FOODS + TOOLS + FILLERS + PUNCT +
-                       PSEUDO_WORDS))
+                       PSEUDO_WORDS + PROBE_KEYS))
     self._ids = {w: i + 3 for i, w in enumerate(words)}
     self._words = {i: w for w, i in self._ids.items()}
 
