@@ -28,7 +28,7 @@ def _plain(hidden, kernel, targets, weights):
   return cross_entropy(hidden @ kernel, targets, weights)
 
 
-@pytest.mark.parametrize('chunk', [None, 1, 3, 7])  # 3 does not divide T=7: padded chunk
+@pytest.mark.parametrize('chunk', [None, 3])  # 3 does not divide T=7: padded last chunk
 def test_value_and_gradients_match_plain_formula(chunk):
   hidden, kernel, targets, weights = _inputs()
   fused = lambda h, k: (lambda s, w: s / w)(*xent.loss_sums(h, k, targets, weights,
