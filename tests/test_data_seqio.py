@@ -41,6 +41,8 @@ def test_all_names_registered_idempotently(tasks_pkg):
   assert set(seqio.TaskRegistry.names()) == before
   assert REQUIRED <= before
   assert tasks.MIXTURE in seqio.MixtureRegistry.names()
+  import hyperflax.tasks  # the root package is a thin entry point to it
+  assert tasks.register_all is hyperflax.tasks.register_all
 
 
 @needs_shared

@@ -327,7 +327,8 @@ def _unregister(collection: str) -> None:
 
 def register_default_eval_tasks(data_dir=None, vocab_path=None) -> list[str]:
   """Every collection's Tasks with default settings (K=16, seed 0, default
-  lengths); a collection whose data is missing is skipped with a log line."""
+  lengths); a collection whose data is missing or unreadable is skipped with
+  a log line naming the file (`register_eval_tasks` then raises it)."""
   names = []
   for collection in EVAL_COLLECTIONS:
     try:
@@ -335,4 +336,6 @@ def register_default_eval_tasks(data_dir=None, vocab_path=None) -> list[str]:
                                         vocab_path=vocab_path).tasks)
     except FileNotFoundError as e:
       log.info('SeqIO evaluation Tasks of %s not registered: %s', collection, e)
+    except (OSError, ValueError) as e:  # a damaged file must not break the import
+      log.warning('SeqIO evaluation Tasks of %s not registered: %s', collection, e)
   return names

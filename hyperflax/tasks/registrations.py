@@ -13,7 +13,9 @@ splits also carry `task`, `example_index`, `inputs_pretokenized` and
 `targets_pretokenized`. A Task over several source tasks is already their
 examples-proportional mixture (MetaICL/T0 sampling), so no extra
 `seqio.Mixture` is needed per collection; `hyperflax_fewshot_mixture` mixes
-the three real collections equally for convenience.
+the three real collections equally for convenience. Evaluation is per
+published unit (`eval_tasks`); of these collection Tasks only CACLM's carry
+metrics (validation split: teacher-forced token accuracy and loss).
 """
 
 from __future__ import annotations
