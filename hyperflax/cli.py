@@ -64,8 +64,9 @@ def describe(e: BaseException) -> str:
     return f'--config override names an unknown field {field!r}: {parts[-1].strip()}'
   if isinstance(e, flags.IllegalFlagValueError):
     text = str(e)
-    head = text.split(':', 1)[0]  # "flag --config=...", the flag and its value
+    head = text.split(': ', 1)[0]  # "flag --config=x.py:variant", the flag and its value
     last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
+    last = re.sub(r'^\w+(Error|Exception): ', '', last)
     return f'{head}: {last}' if last not in head else head
   if isinstance(e, flags.Error):
     return f'{e} (see --help)'

@@ -1,9 +1,11 @@
 r"""Evaluate a trained hypermodel (or baseline) on held-out tasks.
 
+  python -m hyperflax.evaluate --workdir=$WORKDIR [--split=validation]
   python -m hyperflax.evaluate --config=configs/hart_xl.py --workdir=$WORKDIR \
-      [--config.eval.name=p3_heldout] [--config.eval.split=validation]
+      --config.eval.name=p3_heldout   # another eval section, same architecture
 
-Restores the newest checkpoint in `--workdir`, scores every evaluation task —
+Restores the newest readable checkpoint in `--workdir` with its own
+config.json and tokenizer, scores every evaluation task —
 rank classification (accuracy, or macro-F1 where the task asks for it) when
 queries have answer options, greedy generation (S-NI ROUGE-L and exact match)
 otherwise — and writes `predictions.jsonl` (task, input, prediction,
@@ -192,8 +194,8 @@ def main(argv=None) -> int:
 
   def define(fv):
     config_flags.DEFINE_config_file(
-        'config', None, 'optional: a config whose eval/data fields override the run\'s own '
-        'config.json (model, hyper and method always come from the workdir)', flag_values=fv,
+        'config', None, 'optional: a config of the same architecture whose eval section '
+        '(and data.data_dir) replace those of the run\'s own config.json', flag_values=fv,
         lock_config=False)
     flags.DEFINE_string('workdir', None, 'training workdir (or gs:// URL) holding checkpoints/',
                         flag_values=fv)

@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import re
 import socket
+import sys
 from typing import Any
 
 import ml_collections
@@ -236,21 +238,35 @@ def architecture(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return out
 
 
+def _importable(module: str) -> bool:
+  try:
+    return module in sys.modules or importlib.util.find_spec(module) is not None
+  except ImportError:
+    return False
+
+
 def _check_backend(path) -> None:
-  """A URL workdir needs a filesystem for its scheme: say which, before any work."""
+  """A URL workdir needs a filesystem for its scheme: name the packages, before any work.
+
+  epath serves gs:// and s3:// with tf.io.gfile when TensorFlow is installed,
+  else with fsspec (gcsfs, s3fs); orbax asks google-cloud-storage about gs://
+  buckets when it lists checkpoint steps.
+  """
   if not is_url(path):
     return
-  scheme = os.fspath(path).split('://', 1)[0]
-  try:
+  from etils.epath import gpath
+  scheme, missing = os.fspath(path).split('://', 1)[0], []
+  if not (scheme in ('gs', 's3') and gpath._is_tf_installed()):  # pylint: disable=protected-access
     import fsspec
-    fsspec.get_filesystem_class('gcs' if scheme == 'gs' else scheme)
-  except (ImportError, ValueError):
-    from etils.epath import gpath
-    if scheme in ('gs', 's3') and gpath._is_tf_installed():  # pylint: disable=protected-access
-      return  # tf.io.gfile serves gs:// and s3://
-    package = {'gs': 'gcsfs google-cloud-storage', 's3': 's3fs'}.get(scheme, f'an fsspec {scheme}')
-    raise WorkdirError(f'{path}: no filesystem for {scheme}:// here (pip install {package})') \
-        from None
+    try:
+      fsspec.get_filesystem_class('gcs' if scheme == 'gs' else scheme)
+    except (ImportError, ValueError):
+      missing.append({'gs': 'gcsfs', 's3': 's3fs'}.get(scheme, f'an fsspec {scheme}:// filesystem'))
+  if scheme == 'gs' and not _importable('google.cloud.storage'):
+    missing.append('google-cloud-storage')
+  if missing:
+    raise WorkdirError(f'{path}: {scheme}:// workdirs need {" and ".join(missing)} '
+                       f'(pip install {" ".join(missing)})')
 
 
 def _tokenizer_id(record: dict | None):
