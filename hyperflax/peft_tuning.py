@@ -258,7 +258,16 @@ def pipeline_sweep(workdirs: dict, out_dir, tiny: bool = False, **settings) -> d
   Returns:
     {row label: {column: mean}} with the paper's P3 column names and AVG.
   """
+  import json
   from hyperflax import recipes
+  done = os.path.join(str(out_dir), 'rows.json')
+  key = {'workdirs': {k: [str(d) for d in v] for k, v in workdirs.items()}, 'tiny': tiny,
+         'settings': {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
+  if os.path.exists(done):  # a finished sweep of the same runs and settings
+    with open(done) as f:
+      record = json.load(f)
+    if record['key'] == key:
+      return record['rows']
   config, runs = _config_and_runs(None, [str(d) for d in workdirs.get('hyper', [])],
                                   [str(d) for d in workdirs.get('shared', [])],
                                   allow_random=tiny)
@@ -274,8 +283,11 @@ def pipeline_sweep(workdirs: dict, out_dir, tiny: bool = False, **settings) -> d
       settings.get('steps', 50), 'learning_rates': settings.get('learning_rates',
                                                                 (1e-3, 1e-4, 1e-5))})
   rename = dict(recipes.P3_GROUPS, AVG='AVG')
-  return {label: {rename[c]: v['mean'] for c, v in row.items() if c in rename}
+  rows = {label: {rename[c]: v['mean'] for c, v in row.items() if c in rename}
           for label, row in summary['rows'].items()}
+  with open(done, 'w') as f:
+    json.dump({'key': key, 'rows': rows}, f, indent=1)
+  return rows
 
 
 def _frozen_of(exp: Experiment):

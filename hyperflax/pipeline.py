@@ -55,7 +55,10 @@ TINY = {
 TINY_DATA = {  # per dataset tag: data / eval options
     'caclm': {'data.name': 'caclm_c4', 'data.options': {'segments': (24, 8, 8, 24),
                                                         'num_docs': 64}},
-    'p3': {'data.options': {'length_sample': 4}, 'eval.options': {'max_queries': 6}},
+    # Three T0-train datasets' prompts (all of P3 is read three times a stage otherwise);
+    # every held-out dataset and original-task template is scored.
+    'p3': {'data.options': {'length_sample': 4, 'include': '^(ag_news|glue_mrpc|rotten_tomatoes)_'},
+           'eval.options': {'max_queries': 6}},
     'metaicl': {'eval.options': {'max_queries': 2}},
     'sni': {'data.options': {'max_train_instances': 8},
             'eval.options': {'max_test_instances': 2}},

@@ -156,3 +156,41 @@ def test_summary_picks_the_best_learning_rate_per_task_and_averages_seeds():
   assert one['best_lr']['LoRA (Hyper Init)'] == {'a': 1e-2, 'b': 1e-2}
   assert one['rows']['LoRA (Hyper Init)']['AVG'] == {'mean': 47.5, 'std': 2.5}
   assert '57.5 ± 2.5' in pt.format_table(summary['rows'], summary['columns'])
+
+
+def _shared_data():
+  from hyperflax.data.vocab import resolve_data_dir
+  try:
+    root = resolve_data_dir(None)
+  except (FileNotFoundError, ValueError):
+    return None
+  return root if (root / 'p3' / 'eval').exists() and (root / 'metaicl').exists() else None
+
+
+@pytest.mark.skipif(_shared_data() is None, reason='needs ../shared/data')
+def test_paper_protocol_tasks_b1_prompts_tuned_on_training_data(tmp_path):
+  """HyperTuning §6 / App. B.1: one prompt per held-out dataset, tuned on training
+  examples (never a dev query), Hyper Init from 16 of them, the dev set scored."""
+  import inspect
+  from hyperflax import peft_data
+  root = _shared_data()
+  tasks = peft_data.peft_tasks(root)
+  assert [t.data.group for t in tasks] == sorted(peft_data.B1_PROMPTS)
+  for t in tasks:
+    dataset, template = t.data.group, t.data.name[len(t.data.group) + 1:]
+    assert template == peft_data.B1_PROMPTS[dataset][0]
+    assert t.train_source == 'metaicl_train' and 100 <= len(t.train) <= 160, t.data.name
+    dev = {q.input for q in t.data.queries}
+    assert not dev & {e.input for e in t.train}  # tuned on training data only
+    assert len(t.data.demos) == 16 and {d.input for d in t.data.demos} <= {e.input for e in t.train}
+    assert all(e.target in e.options for e in t.train)
+  cb = next(t for t in tasks if t.data.group == 'super_glue/cb')
+  assert len(cb.data.queries) == 56  # the whole CB dev set is scored
+  # Without MetaICL's files the layout cannot give training data: said, and the
+  # old protocol (demonstrations from the dev set) is used instead.
+  (tmp_path / 'p3').symlink_to(root / 'p3')
+  fallback = peft_data.peft_tasks(tmp_path, datasets=['super_glue/cb'])[0]
+  assert fallback.train_source == 'dev_demos' and len(fallback.train) == 16
+  assert len(fallback.data.queries) == 56 - 16
+  assert inspect.signature(pt.run_sweep).parameters['learning_rates'].default == \
+      (1e-3, 1e-4, 1e-5)

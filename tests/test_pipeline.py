@@ -49,22 +49,20 @@ def compile_cache(tmp_path_factory):
   cc.reset_cache()
 
 
-@pytest.fixture(scope='module')
-def runs(tmp_path_factory, compile_cache):
-  """{recipe: table} of the default recipes, all in one workdir."""
-  workdir = tmp_path_factory.mktemp('pipeline')
+def _run_default_recipes(workdir):
+  """{recipe: table or the exception it raised}, all in one workdir."""
   tables = {}
-  for name in DEFAULT:  # one failing recipe fails its own test, not the others'
+  for name in DEFAULT:  # one failing recipe is reported with the others' results
     try:
       tables[name] = pipeline.run(RECIPES[name], workdir, scale='tiny')
     except Exception as e:  # pylint: disable=broad-except
       tables[name] = e
-  return workdir, tables
+  return tables
 
 
 def _table(tables, name):
   if isinstance(tables[name], Exception):
-    raise tables[name]
+    raise AssertionError(f'recipe {name} failed') from tables[name]
   return tables[name]
 
 
@@ -79,9 +77,22 @@ def _check_table(recipe, table, workdir):
   assert json.loads((workdir / f'{recipe.name}.json').read_text())['rows'] == table['rows']
 
 
-@pytest.mark.parametrize('name', DEFAULT)
-def test_recipe_runs_end_to_end_and_writes_its_table(runs, name):
-  workdir, tables = runs
+def test_every_recipe_runs_end_to_end_at_tiny_scale(tmp_path, compile_cache, monkeypatch,
+                                                   capsys):
+  """One test (not one per recipe) so that `pytest -n` runs the recipes once:
+  they share their runs in one workdir."""
+  workdir = tmp_path / 'runs'
+  tables = _run_default_recipes(workdir)
+  for name in DEFAULT:
+    _check_recipe(workdir, tables, name)
+  _check_columns_and_data(workdir, tables)
+  _check_mtf_starts_from_caclm(workdir, tmp_path)
+  _check_hart_flan_backbone(workdir)
+  _check_cli(workdir, capsys)
+  _check_skip_and_refuse(workdir, tables, monkeypatch)  # last: it stubs out training
+
+
+def _check_recipe(workdir, tables, name):
   recipe = RECIPES[name]
   _check_table(recipe, _table(tables, name), workdir)
   for stage in recipe.stages:  # each stage trained for real (what test_configs checked)
@@ -94,8 +105,7 @@ def test_recipe_runs_end_to_end_and_writes_its_table(runs, name):
       assert results['per_task'], stage.name
 
 
-def test_tables_use_the_papers_columns_and_data(runs):
-  workdir, tables = runs
+def _check_columns_and_data(workdir, tables):
   p3 = _table(tables, 'hypertuning_p3')
   assert p3['columns'] == ['ANLI', 'HSwag', 'CB', 'COPA', 'RTE', 'WiC', 'WSC', 'WGD', 'AVG']
   row = p3['rows']['HyperT5-Prefix']
@@ -113,11 +123,10 @@ def test_tables_use_the_papers_columns_and_data(runs):
   assert _table(tables, 'hart_sni')['paper_numbers']['HART-FLAN-T5-Large'] == {'AVG': 49.6}
 
 
-def test_mtf_stage_starts_from_the_caclm_checkpoint(runs, tmp_path):
+def _check_mtf_starts_from_caclm(workdir, tmp_path):
   """The hypermodel's parameters at step 0 of multi-task fine-tuning are the
   CACLM stage's final ones (and not a fresh initialisation)."""
   from hyperflax.train import load_trainable, train
-  workdir, _ = runs
   recipe = RECIPES['hypertuning_p3']
   stage = recipe.stage('hypert5_prefix_p3_large')
   config = pipeline.stage_config(recipe, stage, workdir, 'tiny')
@@ -140,10 +149,9 @@ def test_mtf_stage_starts_from_the_caclm_checkpoint(runs, tmp_path):
   assert recorded['hyper']['init_from'] == str(workdir / 'caclm_prefix_large')
 
 
-def test_hart_flan_backbone_is_copied_from_another_checkpoint(runs):
+def _check_hart_flan_backbone(workdir):
   from hyperflax.pretrained import load_pretrained
   from hyperflax.training.experiment import Experiment
-  workdir, _ = runs
   recipe = RECIPES['hart_sni']
   config = pipeline.stage_config(recipe, recipe.stage('hart_flan_sni_def_2pos_large'), workdir,
                                  'tiny')
@@ -159,8 +167,7 @@ def test_hart_flan_backbone_is_copied_from_another_checkpoint(runs):
                             frozen['downstream']['token_embedder']['embedding'])
 
 
-def test_finished_stages_are_skipped_and_a_changed_config_is_refused(runs, monkeypatch):
-  workdir, tables = runs
+def _check_skip_and_refuse(workdir, tables, monkeypatch):
   recipe = RECIPES['hart_ablation']
 
   def no_training(*a, **k):
@@ -172,8 +179,7 @@ def test_finished_stages_are_skipped_and_a_changed_config_is_refused(runs, monke
     pipeline.run(recipe, workdir, scale='tiny', overrides={'optim.learning_rate': 0.5})
 
 
-def test_cli_lists_recipes_and_prints_the_plan(runs, capsys):
-  workdir, _ = runs
+def _check_cli(workdir, capsys):
   assert pipeline.main(['pipeline', '--list']) == 0
   listed = capsys.readouterr().out
   assert all(name in listed for name in RECIPES)
