@@ -3,8 +3,9 @@
 The default run checks pyproject.toml itself (every extra names the base's jax
 version; no torch outside the test extra). `pytest -m slow` also asks pip to
 resolve each extra together with the base pins (`pip install --dry-run
---ignore-installed --report`, nothing installed): it needs PyPI and took 68 s
-(tpu) and 3 min 40 s (cuda, the NVIDIA wheels' metadata) on the 2-core dev VM.
+--ignore-installed --report`, nothing installed): it needs PyPI. On the 2-core
+dev VM, niced and shared: tpu 148 s, cuda 394 s, cuda13 274 s (13.6 min for all
+three; the NVIDIA wheels' metadata dominates); alone, tpu took 68 s and cuda 220 s.
 """
 
 import json
