@@ -34,6 +34,9 @@ def restore_params(path):
   """Restores the parameter tree as numpy arrays (host memory)."""
   import orbax.checkpoint as ocp
   target = as_path(path) / 'params'
+  if not (target / '_METADATA').exists():
+    raise ValueError(f'{target}: no _METADATA (an incomplete orbax checkpoint); write it again '
+                     'with `python -m hyperflax.convert hf-to-flax`')
   with ocp.PyTreeCheckpointer() as ckptr:
     try:
       meta = ckptr.metadata(target)

@@ -67,6 +67,8 @@ def describe(e: BaseException) -> str:
     head = text.split(': ', 1)[0]  # "flag --config=x.py:variant", the flag and its value
     last = [ln for ln in text.splitlines() if ln.strip()][-1].strip()
     last = re.sub(r'^\w+(Error|Exception): ', '', last)
+    if last.startswith(head):
+      return last
     return f'{head}: {last}' if last not in head else head
   if isinstance(e, flags.Error):
     return f'{e} (see --help)'

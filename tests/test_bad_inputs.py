@@ -121,7 +121,7 @@ CASES = [
      ["bert/config.json: model_type='bert'"]),
     ('convert: params without _METADATA', lambda e: ('convert', [
         'flax-to-hf', '--checkpoint', f'{e["dir"]}/flax', '--out', f'{e["dir"]}/c2']),
-     ['flax/params: not a readable orbax parameter checkpoint']),
+     ['flax/params: no _METADATA']),
     ('convert: a training workdir', lambda e: ('convert', [
         'flax-to-hf', '--checkpoint', e['run'], '--out', f'{e["dir"]}/c3']),
      ['is a training workdir', '--export-downstream']),
@@ -159,4 +159,5 @@ def test_bad_input_is_one_named_line_and_exit_2(env, case, capsys):
     for path, short in ((env['dir'], '$T'), (env['run'], '$RUN'), (fh.ROOT + '/', '')):
       shown, message = shown.replace(path, short), message.replace(path, short)
     with open(table, 'a') as f:
-      f.write(f'| {label} | `{name} {shown}` | `{message}` |\n')
+      message = message.split(' error: ', 1)[-1].replace('|', '\\|')
+      f.write(f'| {label} | `{name} {shown}` | {message} |\n')

@@ -250,3 +250,22 @@ def test_sigint_saves_and_the_resume_is_bit_exact(base, tmp_path):
         fh.tiny(**{'train.num_steps': end}), str(tmp_path / 'reference'))['trainable'])
   assert int(resumed['state'].step) == end
   _trees_equal(resumed['trainable'], reference)
+
+
+def test_resumed_metrics_drop_rows_after_the_checkpoint_and_the_eta_skips_compilation(tmp_path):
+  import io
+  import re
+  from hyperflax.training import reporting
+  rows = ''.join(json.dumps({'step': s, 'loss': 1.0}) + '\n' for s in (1, 2, 3, 4))
+  (tmp_path / 'metrics.jsonl').write_text(rows)  # 3-4 were logged, then lost (no checkpoint)
+  out = io.StringIO()
+  reporter = reporting.Reporter(tmp_path, 1000, start_step=2, tensorboard=False, stream=out)
+  time.sleep(0.5)  # the first interval holds the compilation
+  reporter.write(3, {'loss': 0.5})
+  reporter.write(4, {'loss': 0.4})
+  reporter.close()
+  steps = [json.loads(line)['step'] for line in open(tmp_path / 'metrics.jsonl')]
+  assert steps == [1, 2, 3, 4]
+  first, second = out.getvalue().splitlines()
+  assert first.endswith('ETA ?')
+  assert float(re.search(r'ETA (\S+)s', second).group(1)) < 60  # 996 steps at the fast rate
