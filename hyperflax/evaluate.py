@@ -222,13 +222,13 @@ def main(argv=None) -> int:
 def run_config(workdir, given=None) -> ml_collections.ConfigDict:
   """The workdir's own config.json (tokenizer pinned); from `given` only the
   `eval` section and data paths are taken, and a different architecture is refused."""
-  from hyperflax.workdir import WorkdirError, architecture
+  from hyperflax.workdir import WorkdirError, _importance, architecture
   config = load_run_config(workdir)
   if given is None:
     return config
   theirs, ours = architecture(config), architecture(given)
-  diffs = [f'{k}={ours.get(k)!r} (the run has {theirs.get(k)!r})' for k in sorted(theirs)
-           if theirs.get(k) != ours.get(k)]
+  diffs = [f'{k}={ours[k]!r} (the run has {theirs[k]!r})'
+           for k in sorted(set(theirs) & set(ours), key=_importance) if theirs[k] != ours[k]]
   if diffs:
     raise WorkdirError(f'--config asks for {"; ".join(diffs)}: {workdir} was trained otherwise; '
                        'drop --config to use its own config.json')

@@ -245,6 +245,11 @@ def _importable(module: str) -> bool:
     return False
 
 
+def _importance(field: str) -> tuple[int, str]:
+  """The fields a user recognises first lead a list of differences."""
+  return (['method', 'hyper.kind', 'train_downstream'] + [field]).index(field), field
+
+
 def _check_backend(path) -> None:
   """A URL workdir needs a filesystem for its scheme: name the packages, before any work.
 
@@ -307,8 +312,10 @@ class Workdir:
     if old is None:
       return
     before, now = architecture(old), architecture(config)
-    diffs = [f'{k}={before.get(k)!r} (now {now.get(k)!r})' for k in sorted(set(before) | set(now))
-             if before.get(k) != now.get(k)]
+    # Sizes where both sides can read their model's config.json, else its name.
+    diffs = [f'{k}={before[k]!r} (now {now[k]!r})' for k in sorted(set(before) & set(now),
+                                                                   key=_importance)
+             if before[k] != now[k]]
     record = self.read_record()
     if record and _tokenizer_id(record.get('tokenizer')) != _tokenizer_id(tokenizer):
       t = record['tokenizer']
