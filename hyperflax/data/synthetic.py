@@ -328,7 +328,9 @@ class WordTokenizer:
 
   def __init__(self):
     words = sorted(set(LABELS + ANIMALS + FOODS + TOOLS + FILLERS + PUNCT +
-                       PSEUDO_WORDS + PROBE_KEYS))
+                       PSEUDO_WORDS))
+    # Appended, not merged: the ids above must not move (trained checkpoints).
+    words += sorted(set(PROBE_KEYS) - set(words))
     self._ids = {w: i + 3 for i, w in enumerate(words)}
     self._words = {i: w for w, i in self._ids.items()}
 
