@@ -152,7 +152,7 @@ def train_step(name: str, args) -> dict:
   from hyperflax.sharding import make_mesh
   from hyperflax.training.experiment import Experiment
   from hyperflax.training.optim import make_optimizer
-  from hyperflax.training.sharded import Plan
+  from hyperflax.sharding import Plan
   from hyperflax.training.step import make_train_step
   c = load_config(TRAIN_CONFIGS[name], args.tiny, args.dtype)
   rows = args.rows or int(c.data.batch_size) // int(c.train.grad_accum_steps) // (

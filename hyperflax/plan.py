@@ -83,7 +83,7 @@ def memory_plan(config, mesh, compile_step: bool = True) -> dict:
   import numpy as np
   from hyperflax import sharding
   from hyperflax.training.experiment import Experiment
-  from hyperflax.training.sharded import Plan
+  from hyperflax.sharding import Plan
   from hyperflax.training.optim import make_optimizer
   from hyperflax.training.step import make_train_step
   exp = Experiment.from_config(config)

@@ -27,7 +27,7 @@ from hyperflax import config_check, sharding
 from hyperflax.training import checkpointing, reporting
 from hyperflax.training.experiment import Experiment
 from hyperflax.training.optim import make_optimizer
-from hyperflax.training.sharded import Plan
+from hyperflax.sharding import Plan
 from hyperflax.training.step import make_train_step
 # load_run_config / load_trainable are re-exported: callers import them from here.
 from hyperflax.workdir import (Workdir, WorkdirError, absolute_paths, load_run_config,  # noqa: F401

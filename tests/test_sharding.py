@@ -97,7 +97,7 @@ def test_full_size_parameters_all_have_rules_and_fsdp8_is_near_ideal(name):
   from hyperflax.training.experiment import Experiment
   exp = Experiment.from_config(load(name))
   mesh = abstract_mesh(fsdp=8)
-  from hyperflax.training.sharded import init_fn
+  from hyperflax.sharding import init_fn
   shapes = jax.eval_shape(init_fn(exp), jax.random.PRNGKey(0))
   axes = exp.param_axes()
   total = per_device = 0

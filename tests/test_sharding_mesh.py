@@ -102,7 +102,7 @@ def _worker(out_path):
   from hyperflax.train import train_stream
   from hyperflax.training.checkpointing import Checkpointer
   from hyperflax.training.experiment import Experiment
-  from hyperflax.training.sharded import Plan
+  from hyperflax.sharding import Plan
   from hyperflax.training.optim import make_optimizer
   from hyperflax.training.step import create_state, make_score_step, make_train_step
   assert jax.device_count() == 8
