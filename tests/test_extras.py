@@ -23,9 +23,11 @@ with open(os.path.join(ROOT, 'pyproject.toml'), 'rb') as _f:
 BASE = dict(re.fullmatch(r'([\w.-]+)==([\w.]+)', d).groups() for d in PROJECT['dependencies'])
 EXTRAS = PROJECT['optional-dependencies']
 # What each extra must bring, besides the base pins (name -> version, None: any).
-EXPECTED = {'tpu': {'libtpu': '0.0.42.1'},
-            'cuda': {'jax-cuda12-plugin': BASE['jax'], 'jax-cuda12-pjrt': BASE['jax']},
-            'cuda13': {'jax-cuda13-plugin': BASE['jax'], 'jax-cuda13-pjrt': BASE['jax']}}
+# Every accelerator extra also brings google-cloud-storage (orbax on gs:// workdirs).
+GCS = {'google-cloud-storage': '3.17.1'}
+EXPECTED = {'tpu': {'libtpu': '0.0.42.1', **GCS},
+            'cuda': {'jax-cuda12-plugin': BASE['jax'], 'jax-cuda12-pjrt': BASE['jax'], **GCS},
+            'cuda13': {'jax-cuda13-plugin': BASE['jax'], 'jax-cuda13-pjrt': BASE['jax'], **GCS}}
 
 
 def test_extras_pin_the_base_jax_and_keep_torch_in_the_test_extra():
@@ -35,6 +37,7 @@ def test_extras_pin_the_base_jax_and_keep_torch_in_the_test_extra():
     jax_reqs = [r for r in EXTRAS[extra] if r.startswith('jax[')]
     assert jax_reqs == [f'jax[{"cuda12" if extra == "cuda" else extra}]=={BASE["jax"]}'], extra
     assert not any(r.startswith('torch') for r in EXTRAS[extra])
+    assert f'google-cloud-storage=={GCS["google-cloud-storage"]}' in EXTRAS[extra], extra
   assert 'torch==2.13.0' in EXTRAS['test']
 
 
