@@ -237,7 +237,8 @@ def hypertuning_peft_init() -> Recipe:
                 peft=dict(hyper=[f'hypert5_prefix_p3_{size}', f'hypert5_prefix_mlp_p3_{size}',
                                  f'hypert5_lora_p3_{size}'],
                           shared=[f't5_mtf_prefix_p3_{size}', f't5_mtf_lora_p3_{size}']),
-                notes=('Prefix tuning in the paper\'s Table 6 is Prefix-Flat for Hyper Init; '
+                notes=('The prefix rows of the paper\'s Table 6 are Prefix-MLP (its Appendix: "The '
+                       'results for Prefix-MLP are presented in the body of the paper"); '
                        'Table 7 reports Prefix-Flat and Prefix-MLP separately, as here.',))
 
 
