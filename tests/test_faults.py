@@ -269,3 +269,28 @@ def test_resumed_metrics_drop_rows_after_the_checkpoint_and_the_eta_skips_compil
   first, second = out.getvalue().splitlines()
   assert first.endswith('ETA ?')
   assert float(re.search(r'ETA (\S+)s', second).group(1)) < 60  # 996 steps at the fast rate
+
+
+@pytest.mark.parametrize('error', [RuntimeError('boom'), MemoryError(),
+                                   ValueError('RESOURCE_EXHAUSTED: out of memory')])
+def test_an_unexpected_restore_error_propagates_and_quarantines_nothing(tmp_path, error):
+  """Only damage makes a checkpoint unreadable: an error that is not the files'
+  fault must not send a good checkpoint to quarantine."""
+  ckpt = checkpointing.Checkpointer(tmp_path / 'ck', keep=5, async_save=False)
+  ckpt.save(1, {'step': np.array(1, np.int32), 'w': np.arange(6, dtype=np.float32)}, {'step': 1})
+  ckpt.close()
+  before = fh.hashes(tmp_path)
+
+  def fail(*args, **kwargs):
+    raise error
+  ckpt = checkpointing.Checkpointer(tmp_path / 'ck', keep=5)
+  ckpt.manager.restore = fail
+  template = {'step': np.array(0, np.int32), 'w': np.zeros(6, np.float32)}
+  with pytest.raises(type(error)):
+    ckpt.restore_latest(template, quarantine=True)
+  ckpt.close()
+  assert fh.hashes(tmp_path) == before and not (tmp_path / 'quarantine').exists()
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(checkpointing.ocp.CheckpointManager, 'restore', fail)
+    with pytest.raises(type(error)):
+      checkpointing.restore_trainable(tmp_path / 'ck')

@@ -10,7 +10,9 @@ not match it, that orbax cannot read, or that holds NaN/Inf is *unreadable*:
 restoring falls back to the previous one, and a trainer moves the unreadable
 ones to `<workdir>/quarantine/` before it saves over their step numbers.
 A checkpoint of another structure (another architecture) is not "unreadable":
-it is refused, naming the differing arrays, and nothing is moved.
+it is refused, naming the differing arrays, and nothing is moved. Neither is an
+error that is not the files' fault (MemoryError, RESOURCE_EXHAUSTED, a bug): it
+propagates and nothing is moved (see `is_damage`).
 """
 
 from __future__ import annotations
@@ -114,6 +116,52 @@ def _manager(directory, options=None, item_names=('state', 'meta')):
   return ocp.CheckpointManager(as_path(directory), options=options, handler_registry=registry)
 
 
+# What a damaged, truncated or partly deleted checkpoint makes orbax/tensorstore raise
+# (tensorstore puts its status code first in a ValueError's message). Anything else
+# (MemoryError, RESOURCE_EXHAUSTED, a bug, a flaky filesystem) is not the checkpoint's
+# fault: it propagates, so a good checkpoint is never moved to quarantine for it.
+_DAMAGE_CODES = ('DATA_LOSS:', 'OUT_OF_RANGE:', 'FAILED_PRECONDITION:', 'NOT_FOUND:')
+_DAMAGE_TYPES = (Unreadable, FileNotFoundError, EOFError, json.JSONDecodeError,
+                 UnicodeDecodeError)
+
+
+def is_damage(e: BaseException) -> bool:
+  text = str(e)
+  if isinstance(e, MemoryError) or 'RESOURCE_EXHAUSTED' in text:
+    return False
+  if isinstance(e, _DAMAGE_TYPES):
+    return True
+  return isinstance(e, ValueError) and any(code in text for code in _DAMAGE_CODES)
+
+
+def _guarded(where, read):
+  """`read()`, with every host agreeing on the verdict: the step is unreadable if
+  any host found damage; an unexpected error on any host is raised on all."""
+  where = os.fspath(where)
+  error, code, out = None, 0, None
+  try:
+    out = read()
+  except Exception as e:  # pylint: disable=broad-except  (sorted just below)
+    error, code = e, 1 if is_damage(e) else 2
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    worst = int(np.max(multihost_utils.process_allgather(np.int32(code))))
+  else:
+    worst = code
+  if worst == 2:
+    if error is not None and code == 2:
+      raise error
+    raise RuntimeError(f'{where}: another process failed reading this checkpoint (see its log)')
+  if worst == 1:
+    if isinstance(error, Unreadable):
+      raise error
+    if error is not None:
+      msg = (str(error).splitlines() or [''])[0][:200]
+      raise Unreadable(f'{where}: {type(error).__name__}: {msg}') from None
+    raise Unreadable(f'{where}: damaged (found by another process)')
+  return out
+
+
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` for `TrainState`s."""
 
@@ -151,40 +199,28 @@ class Checkpointer:
 
   def _verify(self, step: int) -> None:
     """Process 0 reads the files once; every host gets its verdict."""
-    problem = ''
     if self.primary:
-      try:
-        verify_checksums(self._step_dir(step))
-      except Unreadable as e:
-        problem = str(e)
-      except OSError as e:
-        problem = f'{self._step_dir(step)}: {type(e).__name__}: {e}'
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      bad = multihost_utils.broadcast_one_to_all(np.int32(bool(problem)))
-      problem = problem or ('checksum mismatch (found by process 0)' if bad else '')
-    if problem:
-      raise Unreadable(problem)
+      _guarded(self._step_dir(step), lambda: verify_checksums(self._step_dir(step)))
+    else:
+      _guarded(self._step_dir(step), lambda: None)
 
   def _restore(self, step: int, abstract) -> tuple[dict, dict]:
-    where = os.fspath(self._step_dir(step))
+    where = self._step_dir(step)
     self._verify(step)
-    try:
-      saved = self.manager.item_metadata(step)['state']
-    except Exception as e:  # orbax/tensorstore/JSON raise many types for damaged files
-      raise Unreadable(f'{where}: {type(e).__name__}: {str(e)[:200]}') from None
+    saved = _guarded(where, lambda: self.manager.item_metadata(step)['state'])
     if saved is not None:
       diffs = _structure_diff(dict(saved), abstract)
       if diffs:
-        raise WorkdirError(f'{where} holds another architecture than the config '
+        raise WorkdirError(f'{os.fspath(where)} holds another architecture than the config '
                            f'({len(diffs)} arrays differ, e.g. {diffs[0]}): use another '
                            '--workdir, or the config the run was trained with')
-    try:
+
+    def restore():
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    except Exception as e:  # pylint: disable=broad-except
-      raise Unreadable(f'{where}: {type(e).__name__}: {str(e).splitlines()[0][:200]}') from None
-    _check_finite(restored['state'], where)
+      _check_finite(restored['state'], os.fspath(where))
+      return restored
+    restored = _guarded(where, restore)
     return dict(restored['state']), dict(restored['meta'])
 
   def restore_latest(self, template, quarantine: bool = False) -> tuple[Any, dict] | None:
@@ -254,6 +290,8 @@ def restore_trainable(directory) -> tuple[int, dict]:
         trainable = jax.tree.map(np.asarray, restored['state']['trainable'])
         _check_finite(trainable, where)
       except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e):
+          raise
         msg = str(e).splitlines()[0][:200] if str(e) else ''
         log.warning('checkpoint %s is unreadable (%s: %s); trying the previous one', where,
                     type(e).__name__, msg)
