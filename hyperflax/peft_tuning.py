@@ -60,6 +60,7 @@ from hyperflax.training.peft_init import (INIT_LABELS, INITS, METHOD_LABELS, MET
                                           SOURCE_KIND, GeneratorRun, Tuning, load_run,
                                           make_tuner, minibatch_order, optimizer)
 from hyperflax.training.peft_table import format_table, summarise, write_results
+from hyperflax.workdir import as_path, read_json, write_atomic
 
 __all__ = ['GeneratorRun', 'INITS', 'METHODS', 'SOURCE_KIND', 'Tuning', 'load_run',
            'load_tasks', 'make_tuner', 'minibatch_order', 'optimizer', 'run_sweep',
@@ -260,17 +261,18 @@ def pipeline_sweep(workdirs: dict, out_dir, tiny: bool = False, **settings) -> d
   """
   import json
   from hyperflax import recipes
-  done = os.path.join(str(out_dir), 'rows.json')
-  key = {'workdirs': {k: [str(d) for d in v] for k, v in workdirs.items()}, 'tiny': tiny,
+  # epath throughout: a gs:// out_dir stays a URL (pathlib would make it 'gs:/...').
+  out_dir = as_path(out_dir)
+  done = out_dir / 'rows.json'
+  key = {'workdirs': {k: [os.fspath(as_path(d)) for d in v] for k, v in workdirs.items()},
+         'tiny': tiny,
          'settings': {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}}
-  if os.path.exists(done):  # a finished sweep of the same runs and settings
-    with open(done) as f:
-      record = json.load(f)
-    if record['key'] == key:
+  if done.exists():  # a finished sweep of the same runs and settings
+    record = read_json(done)
+    if isinstance(record, dict) and record.get('key') == key and 'rows' in record:
       return record['rows']
-  config, runs = _config_and_runs(None, [str(d) for d in workdirs.get('hyper', [])],
-                                  [str(d) for d in workdirs.get('shared', [])],
-                                  allow_random=tiny)
+  config, runs = _config_and_runs(None, key['workdirs'].get('hyper', []),
+                                  key['workdirs'].get('shared', []), allow_random=tiny)
   exp = Experiment(config, t5_config_from(config), None)
   downstream = _frozen_of(exp)
   if tiny:
@@ -278,15 +280,14 @@ def pipeline_sweep(workdirs: dict, out_dir, tiny: bool = False, **settings) -> d
                          max_queries=4, train_examples=8), **settings)
   records = run_sweep(config, runs, downstream, **settings)
   summary = summarise(records)
-  write_results(str(out_dir), records, summary, {
+  write_results(out_dir, records, summary, {
       'seeds': settings.get('seeds', (0, 1, 2)), 'select': 'task', 'steps':
       settings.get('steps', 50), 'learning_rates': settings.get('learning_rates',
                                                                 (1e-3, 1e-4, 1e-5))})
   rename = dict(recipes.P3_GROUPS, AVG='AVG')
   rows = {label: {rename[c]: v['mean'] for c, v in row.items() if c in rename}
           for label, row in summary['rows'].items()}
-  with open(done, 'w') as f:
-    json.dump({'key': key, 'rows': rows}, f, indent=1)
+  write_atomic(done, json.dumps({'key': key, 'rows': rows}, indent=1))
   return rows
 
 
@@ -331,7 +332,7 @@ def _config_and_runs(config, hyper_workdirs, shared_workdirs, allow_random: bool
                      'the generators were trained against')
   for run in runs.values():
     theirs = run.exp.config.model.get('init_from', '')
-    if os.path.abspath(theirs) != os.path.abspath(init_from):
+    if as_path(theirs) != as_path(init_from):  # URL-aware (abspath mangles gs://)
       raise ValueError(f'{run.workdir}: trained against config.model.init_from={theirs!r}, '
                        f'but the config tunes {init_from!r}')
   return config, runs

@@ -29,6 +29,7 @@ import ast
 import importlib.util
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from hyperflax import recipes as recipes_lib
+from hyperflax.workdir import as_path, read_json, write_atomic
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / 'configs'
 MARKER = 'pipeline_stage.json'
@@ -121,11 +123,13 @@ def _tag_of(stage) -> str:
   return 'metaicl' if stage.data in recipes_lib.METAICL else stage.data.split('_')[0]
 
 
-def stage_dir(workdir, recipe, stage, scale: str) -> Path:
-  """`<workdir>/<stage>`; at tiny scale a recipe that changes the tiny model
-  (HART's random order needs 3 layers) keeps its runs apart."""
+def stage_dir(workdir, recipe, stage, scale: str):
+  """`<workdir>/<stage>` as an epath (a `gs://` workdir stays a URL; a local
+  one is absolute, so the chaining fields read the same however it was
+  spelled); at tiny scale a recipe that changes the tiny model (HART's random
+  order needs 3 layers) keeps its runs apart."""
   suffix = f'_{recipe.tiny_tag}' if scale == 'tiny' and recipe.tiny_tag else ''
-  return Path(workdir) / (stage.name + suffix)
+  return as_path(workdir) / (stage.name + suffix)
 
 
 def stage_config(recipe, stage, workdir, scale: str = 'full', overrides: dict | None = None,
@@ -151,15 +155,15 @@ def stage_config(recipe, stage, workdir, scale: str = 'full', overrides: dict | 
     if config.hyper.decoder_layers is not None:  # as `:tiny` does (HART keeps 8 of 24)
       set_field(config, 'hyper.decoder_layers', 1)
   if stage.after:
-    set_field(config, 'hyper.init_from', str(stage_dir(workdir, recipe, recipe.stage(stage.after),
-                                                      scale)), where)
+    set_field(config, 'hyper.init_from',
+              os.fspath(stage_dir(workdir, recipe, recipe.stage(stage.after), scale)), where)
   if stage.backbone == 'flan':
     if not flan_t5 and not tiny:
       raise ValueError(f'{where}HART-FLAN-T5 needs --flan_t5=<FLAN-T5 directory of the frozen '
                        "T5's width> (a transformers dir or hyperflax.convert output)")
     # At tiny scale the FT-Zero-Shot run's multi-task fine-tuned T5 stands in.
-    source = flan_t5 or str(stage_dir(workdir, recipe, recipe.stage(recipe.flan_stand_in), scale)
-                            / 'downstream')
+    source = flan_t5 or os.fspath(
+        stage_dir(workdir, recipe, recipe.stage(recipe.flan_stand_in), scale) / 'downstream')
     set_field(config, 'hyper.backbone_from', source, where)
   for key, value in (overrides or {}).items():
     set_field(config, key, value, '--')
@@ -172,19 +176,54 @@ def _config_json(config) -> dict:
   return json.loads(config.to_json_best_effort())
 
 
-def stage_status(path: Path, config) -> str:
-  """'done' (finished with this config), 'started', or 'new'; a finished stage
-  with another config is refused."""
+# Written absolute by `train` (`workdir.absolute_paths`) or pinned to the run's
+# tokenizer: compared as paths in a finished stage, not at all in a started one.
+_PATHS = ('model.init_from', 'hyper.init_from', 'hyper.backbone_from', 'data.data_dir',
+          'data.vocab_path')
+
+
+def _same_path(a, b) -> bool:
+  if not (isinstance(a, str) and isinstance(b, str) and a and b) or 'words' in (a, b):
+    return a == b
+  return as_path(a) == as_path(b)
+
+
+def _differing(old: dict, new: dict, paths: bool) -> list[str]:
+  old, new = _flat(old), _flat(new)
+  out = []
+  for k in sorted(set(old) | set(new)):
+    if k in _PATHS:
+      if paths and not _same_path(old.get(k), new.get(k)):
+        out.append(k)
+    elif old.get(k) != new.get(k):
+      out.append(k)
+  return out
+
+
+def stage_status(path, config) -> str:
+  """'done' (finished with this config), 'started', or 'new'; a finished or
+  started stage with another config is refused, naming the fields."""
+  path = as_path(path)
   marker = path / MARKER
   if marker.exists():
-    record = json.loads(marker.read_text())
-    if record.get('config') != _config_json(config):
-      old, new = _flat(record.get('config', {})), _flat(_config_json(config))
-      diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-      raise ValueError(f'{path}: finished with another config ({", ".join(diff[:4])} '
+    record = read_json(marker)
+    if not isinstance(record, dict) or not isinstance(record.get('config'), dict):
+      raise ValueError(f'{marker}: not a pipeline stage record (a JSON object with a config)')
+    diff = _differing(record['config'], _config_json(config), paths=True)
+    if diff:
+      raise ValueError(f'{path}: finished with another config ({", ".join(diff[:6])} '
                        'differ); use another --workdir or delete that stage')
     return 'done'
-  return 'started' if (path / 'checkpoints').exists() else 'new'
+  if not (path / 'checkpoints').exists():
+    return 'new'
+  saved = path / 'config.json'
+  if saved.exists():
+    old = read_json(saved)
+    diff = _differing(old if isinstance(old, dict) else {}, _config_json(config), paths=False)
+    if diff:
+      raise ValueError(f'{path}: started with another config ({", ".join(diff[:6])} differ, '
+                       f'see {saved}); use another --workdir or delete that stage')
+  return 'started'
 
 
 def _flat(d, prefix=''):
@@ -197,32 +236,34 @@ def _flat(d, prefix=''):
   return out
 
 
-def run_stage(stage, config, path: Path, label: str = '') -> dict | None:
+def run_stage(stage, config, path, label: str = '') -> dict | None:
   """Trains (or resumes) one stage, evaluates it, records it; returns the
   evaluation summary (None for CACLM). A finished stage is read back."""
+  path = as_path(path)
   if stage_status(path, config) == 'done':
     logging.info('stage %s: finished, skipped', stage.name)
-    return json.loads((path / MARKER).read_text()).get('results')
+    return read_json(path / MARKER).get('results')
   from hyperflax import evaluate
   from hyperflax.train import train
   t0, cpu0 = time.time(), time.process_time()
   logging.info('stage %s: training (%s)', stage.name, stage.config)
   recorded = _config_json(config)
-  out = train(config.copy_and_resolve_references(), str(path))
+  out = train(config.copy_and_resolve_references(), os.fspath(path))
   results = None
   if stage.evaluates:
     results = evaluate.evaluate(config, out['experiment'], out['trainable'], out['frozen'],
-                                str(path / 'eval'), label=label or stage.name)
+                                os.fspath(path / 'eval'), label=label or stage.name)
     results = {k: results[k] for k in ('per_task', 'per_group', 'average') if k in results}
-  (path / MARKER).write_text(json.dumps({'config': recorded, 'results': results,
-                                         'seconds': round(time.time() - t0, 1),
-                                         'cpu_seconds': round(time.process_time() - cpu0, 1)},
-                                        indent=1))
+  write_atomic(path / MARKER, json.dumps({'config': recorded, 'results': results,
+                                           'seconds': round(time.time() - t0, 1),
+                                           'cpu_seconds': round(time.process_time() - cpu0, 1)},
+                                          indent=1))
   return results
 
 
 def plan(recipe, workdir, scale='full', overrides=None, flan_t5='', configs_dir=CONFIGS_DIR):
   """[(stage, config, path)] in running order."""
+  workdir = as_path(workdir)
   return [(s, stage_config(recipe, s, workdir, scale, overrides, flan_t5, configs_dir),
            stage_dir(workdir, recipe, s, scale)) for s in recipe.stages]
 
@@ -248,10 +289,10 @@ def run(recipe, workdir, scale='full', overrides=None, flan_t5='', configs_dir=C
     from hyperflax import peft_tuning
     peft = peft_tuning.pipeline_sweep(
         {k: [stage_dir(workdir, recipe, recipe.stage(n), scale) for n in v]
-         for k, v in recipe.peft.items()}, Path(workdir) / f'{recipe.name}_peft',
+         for k, v in recipe.peft.items()}, as_path(workdir) / f'{recipe.name}_peft',
         tiny=scale == 'tiny', **(peft_settings or {}))
   table = make_table(recipe, results, peft)
-  table.update(scale=scale, workdir=str(workdir))
+  table.update(scale=scale, workdir=os.fspath(as_path(workdir)))
   write_table(recipe, table, workdir)
   return table
 
@@ -265,6 +306,11 @@ def _p3_columns(per_group: dict) -> dict:
   return cols
 
 
+def _no_headline(stage: str, why: str) -> None:
+  logging.warning('stage %s: %s in its results; its table cells are left empty (NaN)',
+                  stage, why)
+
+
 def make_table(recipe, results: dict, peft: dict | None = None) -> dict:
   """{'rows': {label: {column: value}}, ...} in the recipe's columns."""
   rows = {}
@@ -273,13 +319,21 @@ def make_table(recipe, results: dict, peft: dict | None = None) -> dict:
     for column, names in row.cells:
       for name in names:
         r = results.get(name) or {}
+        p3 = _p3_columns(r.get('per_group') or {})
+        if column == 'P3' and not p3:
+          _no_headline(name, 'no P3 task groups')
+          p3 = {c: float('nan') for c in [*recipes_lib.P3_GROUPS.values(), 'AVG']}
         if column == 'P3' and 'P3' not in recipe.columns:  # all P3 columns
-          for c, v in _p3_columns(r.get('per_group', {})).items():
+          for c, v in p3.items():
             cells.setdefault(c, []).append(v)
         elif column == 'P3':  # one P3 column (HART's ablation): the average
-          cells.setdefault(column, []).append(_p3_columns(r.get('per_group', {}))['AVG'])
+          cells.setdefault(column, []).append(p3['AVG'])
         else:
-          cells.setdefault(column, []).append(r['average'])
+          if r.get('average') is None:
+            _no_headline(name, 'no average')
+          cells.setdefault(column, []).append(
+              float('nan') if r.get('average') is None else r['average'])
+    # NaN (an empty cell in the markdown) where a stage has no headline number.
     rows[row.label] = {c: float(np.mean(v)) for c, v in cells.items()}
   if peft is not None:
     rows = peft
@@ -317,9 +371,9 @@ def markdown(table: dict) -> str:
 
 def write_table(recipe, table: dict, workdir) -> str:
   text = markdown(table)
-  Path(workdir).mkdir(parents=True, exist_ok=True)
-  (Path(workdir) / f'{recipe.name}.md').write_text(text)
-  (Path(workdir) / f'{recipe.name}.json').write_text(json.dumps(table, indent=1))
+  workdir = as_path(workdir)
+  write_atomic(workdir / f'{recipe.name}.md', text)
+  write_atomic(workdir / f'{recipe.name}.json', json.dumps(table, indent=1))
   return text
 
 

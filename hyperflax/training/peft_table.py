@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 
 import numpy as np
 
 from hyperflax.training.peft_init import INIT_LABELS, INITS, METHOD_LABELS, METHODS
+from hyperflax.workdir import as_path, write_atomic
 
 
 def summarise(records: list[dict], select: str = 'task') -> dict:
@@ -73,15 +73,15 @@ def format_table(rows: dict, columns: list[str], first: str = 'Method') -> str:
   return '\n'.join(lines)
 
 
-def write_results(workdir: str, records: list[dict], summary: dict, settings: dict) -> str:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump({'settings': settings, 'summary': summary, 'records': records}, f, indent=1)
+def write_results(workdir, records: list[dict], summary: dict, settings: dict) -> str:
+  """results.json and results.md in `workdir` (local or a URL, via epath)."""
+  workdir = as_path(workdir)
+  write_atomic(workdir / 'results.json',
+               json.dumps({'settings': settings, 'summary': summary, 'records': records}, indent=1))
   text = (f'Tuned PEFT, accuracy (%) mean ± std over seeds {settings["seeds"]}, best learning '
           f'rate of {settings["learning_rates"]} per {settings["select"]}; '
           f'{settings["steps"]} steps\n\n' + format_table(summary['rows'], summary['columns'])
           + '\n\nBefore tuning (step 0)\n\n'
           + format_table(summary['step0'], summary['columns']) + '\n')
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(text)
+  write_atomic(workdir / 'results.md', text)
   return text
