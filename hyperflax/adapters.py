@@ -151,7 +151,10 @@ class Adapter:
 
 def _describe(manifest: dict, tensors: dict) -> dict:
   """Sets the manifest's format, peft_type, tensors and fusion fields."""
-  manifest = dict(manifest, format=FORMAT, format_version=FORMAT_VERSION)
+  # Version 2 only where its one new layout is used, so readers of version 1
+  # keep reading every other adapter.
+  version = FORMAT_VERSION if 'decoder/cross/fusion/k' in tensors else 1
+  manifest = dict(manifest, format=FORMAT, format_version=version)
   manifest['peft_type'] = 'prefix' if any('/prefix/' in k for k in tensors) else 'lora'
   manifest['tensors'] = {k: {'shape': list(v.shape), 'dtype': str(v.dtype)}
                          for k, v in sorted(tensors.items())}

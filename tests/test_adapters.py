@@ -40,6 +40,7 @@ def test_manifest_records_what_and_for_which_model(env):
     manifest = json.load(f)
   assert (manifest['kind'], manifest['peft_type'], manifest['lora_rank']) == ('lora', 'lora', 2)
   assert manifest['fusion'] is None
+  assert manifest['format_version'] == 1  # version 2 is only for stored fusion K/V
   shapes = {k: tuple(v['shape']) for k, v in manifest['tensors'].items()}
   d, inner, enc_layers, dec_layers = (MODEL['d_model'], MODEL['num_heads'] * MODEL['d_kv'],
                                       MODEL['num_layers'], MODEL['num_decoder_layers'])
