@@ -192,6 +192,8 @@ def _differing(old: dict, new: dict, paths: bool) -> list[str]:
   old, new = _flat(old), _flat(new)
   out = []
   for k in sorted(set(old) | set(new)):
+    if k.startswith('runtime.'):  # this machine's settings, not the run's (as evaluate)
+      continue
     if k in _PATHS:
       if paths and not _same_path(old.get(k), new.get(k)):
         out.append(k)

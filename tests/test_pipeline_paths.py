@@ -47,6 +47,7 @@ def test_a_started_stage_is_checked_against_its_config_json(tmp_path):
   assert pipeline.stage_status(path, config) == 'started'  # no config.json yet
   saved = pipeline._config_json(config)
   saved['hyper']['init_from'] = '/elsewhere/caclm'  # path fields: not compared once started
+  saved['runtime']['allow_cpu'] = not saved['runtime']['allow_cpu']  # nor this machine's
   write_atomic(path / 'config.json', json.dumps(saved))
   assert pipeline.stage_status(path, config) == 'started'
   saved['train']['num_steps'] += 1
