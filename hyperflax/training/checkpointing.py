@@ -5,7 +5,9 @@ HART's previous states, step = data position, RNG). The frozen downstream
 model is referenced by `config.model.init_from` in the saved metadata.
 
 Each finished checkpoint gets `CHECKSUMS.json` (sha256 of every file, written
-by process 0 once orbax has committed the step). A checkpoint whose files do
+by process 0 as part of the save: in orbax's post-finalization callback, just
+before the step directory is committed, so a crash right after a save leaves a
+verifiable step; a synchronous save writes it at once). A checkpoint whose files do
 not match it, that orbax cannot read, or that holds NaN/Inf is *unreadable*:
 restoring falls back to the previous one, and a trainer moves the unreadable
 ones to `<workdir>/quarantine/` before it saves over their step numbers.
@@ -33,6 +35,9 @@ from hyperflax.workdir import WorkdirError, as_path, file_sha256, write_atomic
 
 log = logging.getLogger('hyperflax.checkpointing')
 CHECKSUMS = 'CHECKSUMS.json'
+# orbax rewrites its step metadata (commit time) after the manifest is written;
+# a damaged one fails orbax's own JSON parse instead.
+_STEP_METADATA = '_CHECKPOINT_METADATA'
 
 
 class Unreadable(Exception):
@@ -49,7 +54,7 @@ def _files(directory) -> list:
   for child in sorted(as_path(directory).iterdir(), key=lambda p: p.name):
     if child.is_dir():
       out.extend(_files(child))
-    elif child.name != CHECKSUMS:
+    elif child.name not in (CHECKSUMS, _STEP_METADATA):
       out.append(child)
   return out
 
@@ -77,6 +82,19 @@ def verify_checksums(step_dir) -> bool:
     if file_sha256(f) != digest:
       raise Unreadable(f'{f} does not match its sha256 in {CHECKSUMS}')
   return True
+
+
+def verify_or_warn(step_dir) -> None:
+  """`verify_checksums`, warning when the step has no manifest but an older one does
+  (the run died between orbax's commit and the manifest, or it was deleted)."""
+  step_dir = as_path(step_dir)
+  if verify_checksums(step_dir):
+    return
+  older = [d for d in step_dir.parent.iterdir() if d.name.isdigit()
+           and int(d.name) < int(step_dir.name) and (d / CHECKSUMS).exists()]
+  if older:
+    log.warning('checkpoint %s has no %s while older ones do: it is read unverified',
+                step_dir, CHECKSUMS)
 
 
 def _check_finite(tree, where: str) -> None:
@@ -168,28 +186,56 @@ class Checkpointer:
   def __init__(self, directory, keep: int = 3, async_save: bool = True):
     self.directory = as_path(directory)
     self.primary = jax.process_index() == 0
+    # The callback runs (on every host) once all hosts' files are written, before
+    # orbax commits the step directory: the manifest is committed with it.
+    async_options = (ocp.AsyncOptions(post_finalization_callback=self._sum_saving)
+                     if async_save else None)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=async_save)
+                                           enable_async_checkpointing=async_save,
+                                           async_options=async_options)
     self.manager = _manager(self.directory, options)
     self._unsummed: list[int] = []
+    self._saving: int | None = None
+    self._async = async_save
 
   def _step_dir(self, step: int):
     return self.directory / str(step)
 
+  def _sum_saving(self) -> None:
+    """orbax's post-finalization callback: the manifest of the step being saved,
+    in its temporary directory (local) or its final one (gs://, committed by a marker file)."""
+    step = self._saving
+    if not self.primary or step is None:
+      return
+    try:
+      candidates = [self._step_dir(step), *sorted(self.directory.glob(
+          f'{step}{ocp.path.atomicity_types.TMP_DIR_SUFFIX}*'))]
+      found = [d for d in candidates if d.exists()]
+      if found:
+        write_checksums(found[0])
+    except Exception as e:  # pylint: disable=broad-except  (_finish_pending retries)
+      log.warning('could not write %s for checkpoint %d yet (%s: %s)', CHECKSUMS, step,
+                  type(e).__name__, e)
+
   def _finish_pending(self) -> None:
-    """Waits for orbax to commit, then writes the checksums of the new steps."""
+    """Waits for orbax to commit; the manifests its callback did not write are written now."""
     self.manager.wait_until_finished()
     pending, self._unsummed = self._unsummed, []
+    self._saving = None
     if self.primary:
       for step in pending:
-        if self._step_dir(step).exists():  # not already rotated out
-          write_checksums(self._step_dir(step))
+        step_dir = self._step_dir(step)
+        if step_dir.exists() and not (step_dir / CHECKSUMS).exists():  # not rotated out
+          write_checksums(step_dir)
 
   def save(self, step: int, state, meta: dict[str, Any]) -> None:
     self._finish_pending()
+    self._saving = step
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(_to_tree(state)), meta=ocp.args.JsonSave(meta)), force=True)
     self._unsummed.append(step)
+    if not self._async:
+      self._finish_pending()  # committed already: its manifest at once
 
   def wait(self) -> None:
     self._finish_pending()
@@ -200,7 +246,7 @@ class Checkpointer:
   def _verify(self, step: int) -> None:
     """Process 0 reads the files once; every host gets its verdict."""
     if self.primary:
-      _guarded(self._step_dir(step), lambda: verify_checksums(self._step_dir(step)))
+      _guarded(self._step_dir(step), lambda: verify_or_warn(self._step_dir(step)))
     else:
       _guarded(self._step_dir(step), lambda: None)
 
@@ -282,7 +328,7 @@ def restore_trainable(directory) -> tuple[int, dict]:
     for step in reversed(sorted(mngr.all_steps())):
       where = os.fspath(directory / str(step))
       try:
-        verify_checksums(directory / str(step))
+        verify_or_warn(directory / str(step))
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                               mngr.item_metadata(step)['state'])
         restored = mngr.restore(step, args=ocp.args.Composite(
