@@ -294,3 +294,25 @@ def test_an_unexpected_restore_error_propagates_and_quarantines_nothing(tmp_path
     mp.setattr(checkpointing.ocp.CheckpointManager, 'restore', fail)
     with pytest.raises(type(error)):
       checkpointing.restore_trainable(tmp_path / 'ck')
+
+
+def test_the_manifest_is_committed_with_the_step_and_a_missing_one_is_reported(tmp_path, caplog):
+  """A run killed right after orbax committed step 2 (no later save/wait/close)
+  still leaves step 2 verifiable; a step without a manifest next to older ones
+  that have one is read with a warning."""
+  ckpt = checkpointing.Checkpointer(tmp_path / 'ck', keep=5, async_save=True)
+  for step in (1, 2):
+    ckpt.save(step, {'step': np.array(step, np.int32), 'w': np.arange(6, dtype=np.float32)},
+              {'step': step})
+  ckpt.manager.wait_until_finished()  # orbax only: not our wait(), which would also sum
+  assert checkpointing.verify_checksums(tmp_path / 'ck' / '2')
+  assert not glob.glob(str(tmp_path / 'ck' / '*tmp*'))
+  ckpt.close()
+  os.remove(tmp_path / 'ck' / '2' / checkpointing.CHECKSUMS)
+  ckpt = checkpointing.Checkpointer(tmp_path / 'ck', keep=5)
+  with caplog.at_level(logging.WARNING):
+    _, meta = ckpt.restore_latest({'step': np.array(0, np.int32), 'w': np.zeros(6, np.float32)})
+  ckpt.close()
+  assert meta['step'] == 2
+  assert any('has no CHECKSUMS.json while older ones do' in r.getMessage()
+             for r in caplog.records)
