@@ -2,9 +2,10 @@
 
 A user mistake or a damaged file becomes one line on stderr, `error: ...`
 naming the file, flag or config field, and exit code 2. The traceback is
-printed only with `--verbose` / `--debug` or `HYPERFLAX_DEBUG=1`; anything
-that looks like a bug (not one of the error types below) exits 1 with one
-line saying how to get the traceback. Library INFO chatter (orbax, absl,
+printed only with `--verbose` / `--debug` or `HYPERFLAX_DEBUG=1`. Anything
+else is a bug (a KeyError, TypeError, ... from our code): its traceback and
+exit code 1. A KeyError is a user error only when it is ml_collections' answer
+to a misspelled --config override ("Did you mean ..."). Library INFO chatter (orbax, absl,
 jax) is silenced unless verbose.
 """
 
@@ -40,7 +41,8 @@ def setup_logging(verbose: bool, level: int = logging.INFO) -> None:
 
 
 def _user_error_types() -> tuple[type, ...]:
-  types: list[type] = [ValueError, OSError, KeyError, LookupError, TypeError]
+  # ValueError covers json.JSONDecodeError and UnicodeDecodeError.
+  types: list[type] = [ValueError, OSError]
   try:
     from absl import flags
     types.append(flags.Error)
@@ -54,11 +56,22 @@ def _user_error_types() -> tuple[type, ...]:
   return tuple(types)
 
 
+def _misspelled_override(e: BaseException) -> bool:
+  text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else ''
+  return 'Did you mean' in text
+
+
+def is_user_error(e: BaseException) -> bool:
+  if isinstance(e, KeyError):
+    return _misspelled_override(e)
+  return isinstance(e, _user_error_types())
+
+
 def describe(e: BaseException) -> str:
   """One line for `e`: the file/field it names, without library noise."""
   from absl import flags
   text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else ''
-  if 'Did you mean' in text:  # ml_collections: a misspelled --config.* override
+  if _misspelled_override(e):  # ml_collections: a misspelled --config.* override
     parts = text.split('\n')
     field = parts[0].strip('\'"')
     return f'--config override names an unknown field {field!r}: {parts[-1].strip()}'
@@ -94,13 +107,14 @@ def describe(e: BaseException) -> str:
 def report(e: BaseException, verbose: bool, prog: str = '') -> int:
   """Prints `e` as the boundary does and returns the exit code."""
   prefix = f'{prog}: ' if prog else ''
-  if verbose:
+  user = is_user_error(e)
+  if verbose or not user:
     traceback.print_exception(e)
-  if isinstance(e, _user_error_types()):
+  if user:
     print(f'{prefix}error: {describe(e)}', file=sys.stderr, flush=True)
     return 2
-  print(f'{prefix}internal error: {type(e).__name__}: {describe(e)} (rerun with --verbose or '
-        'HYPERFLAX_DEBUG=1 for the traceback)', file=sys.stderr, flush=True)
+  print(f'{prefix}internal error (a bug, please report it with the traceback above): '
+        f'{type(e).__name__}: {describe(e)}', file=sys.stderr, flush=True)
   return 1
 
 

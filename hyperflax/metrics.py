@@ -519,7 +519,7 @@ def macro_f1(
     recalls: dict[str, list[bool]] = defaultdict(list)
     for pred, gold, ok in results:
         if not isinstance(gold, str):
-            raise TypeError("macro_f1 needs a single gold label per example.")
+            raise ValueError("macro_f1 needs a single gold label per example.")
         recalls[gold].append(ok)
         precisions[pred].append(ok)
     f1s = []

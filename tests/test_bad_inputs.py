@@ -6,6 +6,7 @@ messages seen, as markdown rows).
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -145,9 +146,11 @@ def test_bad_input_is_one_named_line_and_exit_2(env, case, capsys):
   name, argv = build(env)
   rc = _main(name)(argv)
   err = capsys.readouterr().err
-  lines = [ln for ln in err.strip().splitlines() if 'error' in ln]
+  # Everything but our timestamped log lines ("W 12:34:56 ...") is the error line.
+  lines = [ln for ln in err.strip().splitlines()
+           if ln.strip() and not re.match(r'[DIWEF] \d\d:\d\d:\d\d ', ln)]
   assert rc == 2, err[-3000:]
-  assert 'Traceback' not in err and len(lines) == 1, err[-3000:]
+  assert 'Traceback' not in err and len(lines) == 1 and 'error: ' in lines[0], err[-3000:]
   for text in expected:
     assert text in lines[0], lines[0]
   table = os.environ.get('HYPERFLAX_ERRORS_TABLE')
@@ -161,3 +164,26 @@ def test_bad_input_is_one_named_line_and_exit_2(env, case, capsys):
     with open(table, 'a') as f:
       message = message.split(' error: ', 1)[-1].replace('|', '\\|')
       f.write(f'| {label} | `{name} {shown}` | {message} |\n')
+
+
+@pytest.mark.parametrize('error', [KeyError('params'), TypeError('bad operand'),
+                                   IndexError('list index out of range')])
+def test_an_internal_error_is_a_bug_with_its_traceback_and_exit_1(error, capsys):
+  from hyperflax import cli
+
+  def body():
+    raise error
+  assert cli.guard(body, verbose=False, prog='x') == 1
+  err = capsys.readouterr().err
+  assert 'Traceback' in err and 'x: internal error' in err.strip().splitlines()[-1], err
+
+
+def test_a_misspelled_override_is_still_a_user_error(capsys):
+  from hyperflax import cli
+
+  def body():
+    raise KeyError("'num_stepz'\nDid you mean 'num_steps' instead of 'num_stepz'?")
+  assert cli.guard(body, verbose=False, prog='x') == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == ["x: error: --config override names an unknown field 'num_stepz': Did you mean "
+                 "'num_steps' instead of 'num_stepz'?"], err
