@@ -209,7 +209,7 @@ def main(argv=None) -> int:
     runtime.log_runtime()
     exp = Experiment.from_config(config)
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train() does
-    trainable, frozen = exp.init(init_rng)
+    frozen = exp.init_frozen(init_rng)  # the trainable one is restored just below
     step, restored = load_trainable(fv.workdir, with_step=True)
     logging.info('evaluating %s at step %d', fv.workdir, step)
     trainable = jax.tree.map(jnp.asarray, restored)

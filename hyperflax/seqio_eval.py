@@ -314,7 +314,7 @@ def main(argv=None) -> int:
     runtime.preflight(config)  # as hyperflax.evaluate: full size on CPU is refused
     exp = Experiment.from_config(config)
     init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))  # as train() does
-    trainable, frozen = exp.init(init_rng)
+    frozen = exp.init_frozen(init_rng)  # the trainable one was restored above
     logging.info('SeqIO evaluation of %s at step %d', fv.workdir, step)
     run(fv.workdir, config, jax.tree.map(jnp.asarray, restored), frozen, exp,
         mixture=fv.mixture, split=fv.split, batch_size=fv.batch_size, step=step)

@@ -191,8 +191,8 @@ class Lock:
 def absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Makes the config's path fields absolute (URL-aware), in place, so the run's
   config.json works from any directory."""
-  for section, key in (('model', 'init_from'), ('hyper', 'init_from'), ('data', 'data_dir'),
-                       ('data', 'vocab_path')):
+  for section, key in (('model', 'init_from'), ('hyper', 'init_from'),
+                       ('hyper', 'backbone_from'), ('data', 'data_dir'), ('data', 'vocab_path')):
     node = config.get(section)
     value = node.get(key) if node is not None else None
     if isinstance(value, str) and value and value != 'words':

@@ -243,3 +243,25 @@ def test_only_shared_peft_baselines_take_few_shot_inputs():
     else:
       with pytest.raises(ValueError, match='config.data.mode'):
         exp.data_mode
+
+
+def test_loaders_build_only_the_frozen_model_and_backbone_from_is_absolute(monkeypatch):
+  """evaluate/seqio_eval restore the trainable tree: they must not load the
+  HART-FLAN backbone (`init_frozen`), and a relative backbone_from is pinned."""
+  import jax
+  import numpy as np
+  from hyperflax.config_base import base_config, tiny
+  from hyperflax.training.experiment import Experiment
+  from hyperflax.workdir import absolute_paths
+  config = tiny(base_config())
+  config.hyper.kind = 'hart'
+  exp = Experiment.from_config(config)
+  rng = jax.random.PRNGKey(3)
+  _, frozen = exp.init(rng)
+  monkeypatch.setattr(Experiment, 'load_backbone', lambda self: 1 / 0)
+  only = exp.init_frozen(rng)
+  assert jax.tree.structure(only) == jax.tree.structure(frozen)
+  for a, b in zip(jax.tree.leaves(only), jax.tree.leaves(frozen)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  config.hyper.backbone_from = 'flan/t5'
+  assert absolute_paths(config).hyper.backbone_from == os.path.join(os.getcwd(), 'flan/t5')

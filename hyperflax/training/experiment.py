@@ -148,6 +148,12 @@ class Experiment:
     _, params = load_pretrained(path, scan_layers=False)
     return jax.tree.map(jnp.asarray, params)
 
+  def init_frozen(self, rng: Array) -> dict:
+    """The `frozen` tree `init(rng)` returns, without building the trainable one
+    (nor loading `hyper.backbone_from`): for loaders that restore the trainable."""
+    down_rng, _ = jax.random.split(rng)
+    return {} if self.trains_downstream else {'downstream': self.load_downstream(down_rng)}
+
   def init(self, rng: Array, backbone: dict | None = None) -> tuple[dict, dict]:
     """Returns (trainable, frozen) parameter trees; `backbone` (unscanned T5
     parameters, default `load_backbone()`) replaces the frozen T5 as the source
