@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import ml_collections
 
@@ -167,10 +165,11 @@ def check_hyperpretraining(c: ml_collections.ConfigDict) -> None:
         f'config.hyper.init_from is empty but the paper hyperpretrains this hypermodel '
         f'(HyperTuning §4.2/§5.5): set --config.hyper.init_from=<workdir of '
         f'configs/{needed}.py> or --config.hyper.skip_hyperpretraining=True')
-  path = os.path.join(init_from, 'config.json')
-  if os.path.exists(path):  # absent for `hypertune` adapters: nothing to check
-    with open(path) as f:
-      source = json.load(f).get('data', {}).get('name')
+  from hyperflax.workdir import as_path, read_json  # (gs:// aware; names a damaged file)
+  path = as_path(init_from) / 'config.json'
+  if path.exists():  # absent for `hypertune` adapters: nothing to check
+    data = read_json(path)
+    source = (data.get('data') or {}).get('name') if isinstance(data, dict) else None
     if source not in CACLM_DATASETS:
       logging.warning('config.hyper.init_from=%s was trained on %r, not CACLM '
                       '(expected a configs/%s.py workdir)', init_from, source, needed)

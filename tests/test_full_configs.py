@@ -196,3 +196,19 @@ def test_p3_configs_report_figure6_gaps_for_results_json():
       219, 11, 11, 0)
   assert report['counts']['empty_file_skipped'] == 11
   assert report['counts']['task_filtered_avg_input_gt_320'] == 58
+
+
+def test_hyperpretraining_check_reads_init_from_through_the_workdir_reader(tmp_path, caplog):
+  import logging
+  from hyperflax.workdir import WorkdirError
+  name = next(n for n in CONFIGS if load(n).hyper.hyperpretrain_config)
+  config = load(name)
+  with config.unlocked():
+    config.hyper.init_from = str(tmp_path)
+  (tmp_path / 'config.json').write_text('{"data": {"name": "p3')  # cut short
+  with pytest.raises(WorkdirError, match=f'{tmp_path}/config.json: not valid JSON'):
+    check_hyperpretraining(config)
+  (tmp_path / 'config.json').write_text('{"data": {"name": "p3_t0_train"}}')
+  with caplog.at_level(logging.WARNING):
+    check_hyperpretraining(config)
+  assert any("'p3_t0_train', not CACLM" in r.getMessage() for r in caplog.records)
