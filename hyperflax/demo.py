@@ -186,7 +186,8 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
     p.kinds = tuple(kinds)
   for key in ('downstream_steps', 'fewshot_steps', 'caclm_steps', 'mtf_steps'):
     p[key] = max(1, int(round(p[key] * scale)))
-  os.makedirs(workdir, exist_ok=True)
+  from hyperflax import workdir as workdir_lib
+  workdir_lib.as_path(workdir).mkdir(parents=True, exist_ok=True)  # may be a gs:// URL
   t0 = time.time()
   table: dict[str, dict] = {}
 
@@ -216,10 +217,9 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   else:
     header = (f'The synthetic suite, seed {p.seed}; chance: {CHANCE} rank classification, '
               f'~0 generation for lookup/category; {time.time() - t0:.0f}s on this machine\n\n')
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(header + text + '\n')
-  with open(os.path.join(workdir, 'results.json'), 'w') as f:
-    json.dump(table, f, indent=2)
+  root = workdir_lib.as_path(workdir)
+  workdir_lib.write_atomic(root / 'results.md', header + text + '\n')
+  workdir_lib.write_atomic(root / 'results.json', json.dumps(table, indent=2))
   print('\n' + header + text)
   return table
 

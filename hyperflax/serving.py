@@ -305,7 +305,8 @@ def hypertune(checkpoint: str, examples, definition: str | None = None,
               out: str | None = None, max_demos: int | None = None) -> adapters_lib.Adapter:
   """One hypermodel pass (the loaded hypermodel is cached); saves to `out` if given."""
   from hyperflax import hypertune as hypertune_lib
-  key = os.path.abspath(checkpoint)
+  from hyperflax.workdir import as_path
+  key = str(as_path(checkpoint))  # a gs:// URL stays one
   if key not in _HYPERMODELS:
     _HYPERMODELS[key] = hypertune_lib.load_hypermodel(checkpoint)
   adapter = hypertune_lib.hypertune(_HYPERMODELS[key], examples, definition, max_demos)
