@@ -196,3 +196,30 @@ def test_probe_family_and_label_subset():
   outs = {e.target for t in few.train_tasks() + few.eval_tasks('validation')
           for e in getattr(t, 'examples', ()) or t.queries}
   assert outs <= set(synthetic.LABELS[:12])
+
+
+def test_varied_layouts_keep_heldout_surfaces_unseen():
+  fixed = synthetic.SyntheticSuite(train_tasks_per_family=30, pool_size=20, many_keys=True)
+  varied = synthetic.SyntheticSuite(train_tasks_per_family=30, pool_size=20, many_keys=True,
+                                    layouts='varied')
+  words = {w for t in varied.train_tasks() for e in t.examples for w in e.input.split()}
+  # Several training separators and both key orders occur ...
+  assert len(words & set(synthetic.TRAIN_SEPS)) >= 5
+  firsts = {e.input.split()[0].isdigit() for t in varied.train_tasks()
+            if t.group == 'lookup' for e in t.examples}
+  assert firsts == {True, False}
+  # ... but no held-out family's separator and no probe-family word.
+  assert not words & {':', '-', ',', 'has'}
+  # One layout per task: every example of a task has the same non-key tokens.
+  for t in varied.train_tasks():
+    if t.group == 'lookup':
+      shapes = {tuple(w if w in synthetic.TRAIN_SEPS else '*' for w in e.input.split())
+                for e in t.examples}
+      assert len({tuple(x for x in s if x != '*') for s in shapes}) == 1
+  # Held-out families and the answers are the fixed suite's: evaluation is comparable.
+  for a, b in zip(fixed.eval_tasks('heldout_families'), varied.eval_tasks('heldout_families')):
+    assert a.demos == b.demos and a.queries == b.queries
+  tok = synthetic.word_tokenizer()
+  assert all(tok.encode(s) for s in synthetic.TRAIN_SEPS)
+  with pytest.raises(ValueError, match='layouts'):
+    synthetic.SyntheticSuite(layouts='random')

@@ -45,7 +45,7 @@ _OPTIONS = {
            'original_task_only', 'max_queries', 'task_sampling', 'size_cap'},
     'synthetic': {'suite_seed', 'train_tasks_per_family',
                   'heldout_tasks_per_family', 'pool_size', 'max_queries',
-                  'task_sampling', 'num_labels', 'many_keys'},
+                  'task_sampling', 'num_labels', 'many_keys', 'layouts'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -155,7 +155,8 @@ def _suite(ctx) -> synthetic.SyntheticSuite:
       heldout_tasks_per_family=ctx.opt('heldout_tasks_per_family', 20),
       pool_size=ctx.opt('pool_size', 64),
       num_labels=ctx.opt('num_labels', len(synthetic.LABELS)),
-      many_keys=ctx.opt('many_keys', False))
+      many_keys=ctx.opt('many_keys', False),
+      layouts=ctx.opt('layouts', 'fixed'))
 
 
 def _synthetic_eval(ctx, part):

@@ -68,6 +68,9 @@ TOOLS = tuple('hammer knife saw drill brush rope nail screw shovel axe wrench '
               'ladder needle scissors pen pencil key lock wire tape'.split())
 FILLERS = tuple(str(i) for i in range(10, 57))
 PUNCT = (':', '-', ',', '.', 'is', 'has')
+# Separators of the training layouts with `layouts='varied'`: none of them is
+# a held-out family's (':', '-', ','), nor the probe family's ('has').
+TRAIN_SEPS = ('.', 'is', ';', '=', '/', '|', 'and', 'of')
 SYLLABLES = tuple(c + v for c in 'bdfgklmnprstvz' for v in 'aeiou')
 PSEUDO_WORDS = tuple(a + b for a, b in itertools.product(SYLLABLES, repeat=2))
 
@@ -104,7 +107,8 @@ def _unique(pool_size: int, draw: Callable[[], tuple[str, str, tuple]]):
 
 def _lookup(keys_pool, layout):
   """4 keys mapped onto 3 task labels (at least 2 of them in use)."""
-  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS):
+  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS,
+           layout: str = layout):
     keys, labels = _pick(rng, keys_pool, 4), _pick(rng, words, 3)
     assign = rng.integers(3, size=4)
     while len(set(assign.tolist())) < 2:
@@ -120,7 +124,8 @@ def _lookup(keys_pool, layout):
 
 def _category(layout):
   """Foods get the task's first label, tools its second."""
-  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS):
+  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS,
+           layout: str = layout):
     labels = _pick(rng, words, 2)
     # Sorted options: their order must not reveal which label is for food.
     options = tuple(sorted(labels))
@@ -136,7 +141,9 @@ def _category(layout):
 
 def _select(sep):
   """Output the word at the task's position (0, 1 or 2)."""
-  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS):
+  def make(rng: np.random.Generator, pool_size: int, words: tuple = LABELS,
+           layout: str = sep):
+    sep = layout
     pos = int(rng.integers(3))
     def draw():
       picked = tuple(_pick(rng, words, 3))
@@ -182,6 +189,21 @@ FAMILIES = (
 )
 
 
+
+
+def varied_layout(rng: np.random.Generator, family: str) -> str:
+  """A training layout of a seen family: a separator of TRAIN_SEPS (or none)
+  and, for lookup/category, either order of key and number. Drawn per task, so
+  a model must find the key (or the position) by content, as it must on the
+  held-out families' surfaces, which no training layout has."""
+  sep = ('',) + TRAIN_SEPS
+  sep = sep[int(rng.integers(len(sep)))]
+  if family == 'select':
+    return f' {sep} ' if sep else ' '
+  middle = f' {sep} ' if sep else ' '
+  return '{key}' + middle + '{n}' if rng.integers(2) else '{n}' + middle + '{key}'
+
+
 # A family no suite task has (new layout, new keys, the suite's output words):
 # what a user would hypertune an adapter for (`bench/hypertune_probe.py`).
 PROBE_FAMILY = Family('lookup_has', _lookup(PROBE_KEYS, '{key} has {n}'), True)
@@ -214,6 +236,9 @@ class SyntheticSuite:
     num_labels: output words in use, the first `num_labels` of LABELS.
     many_keys: training `lookup` tasks draw keys from TRAIN_KEYS (~4,900)
       instead of the 40 animals.
+    layouts: 'fixed' (each seen family has one layout) or 'varied' (each
+      task of a seen family draws its own layout, `varied_layout`); held-out
+      families keep their layouts either way.
   """
   seed: int = 0
   train_tasks_per_family: int = 200
@@ -221,15 +246,25 @@ class SyntheticSuite:
   pool_size: int = 64
   num_labels: int = len(LABELS)
   many_keys: bool = False
+  layouts: str = 'fixed'
+
+  def __post_init__(self):
+    if self.layouts not in ('fixed', 'varied'):
+      raise ValueError(f"synthetic suite: layouts={self.layouts!r}; expected 'fixed' or 'varied'")
 
   def _task(self, fam_index: int, task_index: int) -> tuple[str, list[Example]]:
     fam = FAMILIES[fam_index]
     rng = np.random.default_rng([self.seed, fam_index, task_index])
     name = f'{fam.name}/{task_index:04d}'
     make = _LOOKUP_MANY_KEYS if self.many_keys and fam.name == 'lookup' else fam.make
+    kwargs = {}
+    if self.layouts == 'varied' and not fam.heldout:
+      # Its own generator: the fixed-layout tasks' draws stay as they were.
+      kwargs['layout'] = varied_layout(np.random.default_rng([self.seed, fam_index, task_index, 7]),
+                                       fam.name)
     return name, [Example(inp, out, tuple(opts), origin=f'synthetic:{name}')
                   for inp, out, opts in make(rng, self.pool_size,
-                                                 LABELS[:self.num_labels])]
+                                                 LABELS[:self.num_labels], **kwargs)]
 
   def train_tasks(self) -> list[FewShotTask]:
     """Training tasks of the seen families (memoised per configuration)."""
@@ -331,6 +366,7 @@ class WordTokenizer:
                        PSEUDO_WORDS))
     # Appended, not merged: the ids above must not move (trained checkpoints).
     words += sorted(set(PROBE_KEYS) - set(words))
+    words += sorted(set(TRAIN_SEPS) - set(words))
     self._ids = {w: i + 3 for i, w in enumerate(words)}
     self._words = {i: w for w, i in self._ids.items()}
 
