@@ -90,6 +90,31 @@ def test_concat_mode_keeps_query_and_drops_whole_demos():
   assert 'hyper_inputs' not in b
 
 
+def test_recall_rows_mask_targets_with_sentinels():
+  conv = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=9), 'concat',
+                              recall_slots=3)
+  demos = [('a', 'b'), ('c', 'd'), ('e', 'f'), ('g', 'h')]
+  ep = _episode(demos, query=('q', 'z'))
+  b = conv.train_batch([ep])
+  c, s = CharTok().encode, vocab.sentinel_id
+  enc = [i for i in b['encoder_inputs'][0].tolist() if i]
+  tgt = [i for i in b['targets'][0].tolist() if i]
+  # Five items <x> input <y> target; three targets (the query's last) are sentinels.
+  assert enc.count(X) == 5 and enc.count(Y) == 5 and enc[-1] == EOS
+  assert enc[-5:] == [X, *c('q'), Y, s(2), EOS]
+  hidden = [inp for inp, out in demos if c(out)[0] not in enc]
+  assert len(hidden) == 2
+  # The decoder writes each sentinel followed by the target it hides, in order.
+  answers = {'a': 'b', 'c': 'd', 'e': 'f', 'g': 'h'}
+  assert tgt == [s(0), *c(answers[hidden[0]]), s(1), *c(answers[hidden[1]]),
+                 s(2), *c('z'), EOS]
+  assert b['decoder_inputs'][0, 0] == 0 and b['target_weights'][0].sum() == len(tgt)
+  # A pure function of the episode; evaluation batches are never masked.
+  assert (conv.train_batch([ep])['encoder_inputs'] == b['encoder_inputs']).all()
+  with pytest.raises(ValueError, match='concat'):
+    converters.Converter(CharTok(), Lengths(8, 5, 3), 'hyper', recall_slots=2)
+
+
 def test_zero_shot_mode_has_only_query_fields():
   conv = converters.Converter(CharTok(), Lengths(8, 5, 3), 'zero_shot')
   b = conv.train_batch([_episode([('a', 'b')], query=('hi', 'x'))])

@@ -28,8 +28,8 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from hyperflax.data.examples import Lengths
-from hyperflax.data.fewshot import DataStats, Episode
-from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID
+from hyperflax.data.fewshot import DataStats, Episode, _stable_hash
+from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID, sentinel_id
 
 MODES = ('hyper', 'concat', 'zero_shot')
 
@@ -90,9 +90,14 @@ class Converter:
 
   def __init__(self, tokenizer, lengths: Lengths | None = None,
                mode: str = 'hyper', stats: DataStats | None = None,
-               target_eos: bool = True, cache_size: int = 500_000):
+               target_eos: bool = True, cache_size: int = 500_000,
+               recall_slots: int = 0):
     if mode not in MODES:
       raise ValueError(f'mode={mode!r}; expected one of {MODES}')
+    if recall_slots and mode != 'concat':
+      raise ValueError(f'recall_slots={recall_slots} needs mode "concat" (the '
+                       f'demonstrations in the encoder), not {mode!r}')
+    self.recall_slots = recall_slots
     self.tokenizer = tokenizer
     self.lengths = Lengths.make(lengths)
     self.mode = mode
@@ -208,7 +213,46 @@ class Converter:
 
   def train_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
     """A training batch: one row per episode."""
+    if self.recall_slots:
+      return self._recall_batch(eps)
     return self._finish(self._rows(eps, [None] * len(eps)), len(eps))
+
+  def _recall_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """In-context recall rows (T5 span corruption over an episode).
+
+    The demonstrations and the query, each `<x> input <y> target`, with the
+    targets of `recall_slots` of them (the query's always) replaced by
+    sentinels; the decoder writes `<extra_id_0> target <extra_id_1> target
+    ... </s>`. Every masked target is revealed only by the other items of the
+    episode, so one row teaches `recall_slots` lookups where the few-shot
+    format teaches one.
+    """
+    cols: dict[str, list] = {'encoder_inputs': [], 'targets': [],
+                             'hyper_num_used': [], 'hyper_num_dropped': []}
+    for ep in eps:
+      items = [*ep.demos, ep.query]
+      # A pure function of the episode (its demonstrations are the step's draw).
+      rng = np.random.default_rng([ep.task_index, ep.example_index,
+                                   _stable_hash(' '.join(d.input for d in ep.demos))])
+      m = min(self.recall_slots, len(items))
+      masked = sorted(rng.choice(len(items) - 1, size=m - 1, replace=False).tolist()
+                      ) + [len(items) - 1]
+      enc, tgt = [], []
+      for i, ex in enumerate(items):
+        enc += [X_ID, *self.ids(ex.input), Y_ID]
+        if i in masked:
+          j = masked.index(i)
+          enc.append(sentinel_id(j))
+          tgt += [sentinel_id(j), *self.ids(ex.target)]
+        else:
+          enc += self.ids(ex.target)
+      enc = self._eos_truncate(enc, self.lengths.concat, ep.task, 'recall_rows_truncated')
+      tgt = self._eos_truncate(tgt, self.lengths.decoder, ep.task, 'recall_targets_truncated')
+      cols['encoder_inputs'].append(pad_to(enc, self.lengths.concat))
+      cols['targets'].append(pad_to(tgt, self.lengths.decoder))
+      cols['hyper_num_used'].append(len(ep.demos))
+      cols['hyper_num_dropped'].append(0)
+    return self._finish(cols, len(eps))
 
   def generation_batches(self, eps: Sequence[Episode], batch_size: int
                          ) -> Iterator[dict[str, np.ndarray]]:

@@ -45,7 +45,8 @@ _OPTIONS = {
            'original_task_only', 'max_queries', 'task_sampling', 'size_cap'},
     'synthetic': {'suite_seed', 'train_tasks_per_family',
                   'heldout_tasks_per_family', 'pool_size', 'max_queries',
-                  'task_sampling', 'num_labels', 'many_keys', 'layouts'},
+                  'task_sampling', 'num_labels', 'many_keys', 'layouts',
+                  'recall_slots'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -252,7 +253,8 @@ def get_dataset(name: str, split: str = 'train', *, batch_size: int,
                          None if lengths is None else Lengths.make(lengths),
                          start_step if split == 'train' else 0)
   lengths = Lengths.make(lengths) if lengths is not None else spec.lengths
-  converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats)
+  converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats,
+                        recall_slots=ctx.opt('recall_slots', 0) if split == 'train' else 0)
   if split == 'train':
     if spec.train is None:
       raise ValueError(f'{name} has no training split (evaluation only)')
