@@ -93,24 +93,32 @@ def test_concat_mode_keeps_query_and_drops_whole_demos():
 def test_recall_rows_mask_targets_with_sentinels():
   conv = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=9), 'concat',
                               recall_slots=3)
-  demos = [('a', 'b'), ('c', 'd'), ('e', 'f'), ('g', 'h')]
-  ep = _episode(demos, query=('q', 'z'))
-  b = conv.train_batch([ep])
+  plain = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=9), 'concat')
   c, s = CharTok().encode, vocab.sentinel_id
-  enc = [i for i in b['encoder_inputs'][0].tolist() if i]
-  tgt = [i for i in b['targets'][0].tolist() if i]
-  # Five items <x> input <y> target; three targets (the query's last) are sentinels.
-  assert enc.count(X) == 5 and enc.count(Y) == 5 and enc[-1] == EOS
-  assert enc[-5:] == [X, *c('q'), Y, s(2), EOS]
-  hidden = [inp for inp, out in demos if c(out)[0] not in enc]
-  assert len(hidden) == 2
-  # The decoder writes each sentinel followed by the target it hides, in order.
   answers = {'a': 'b', 'c': 'd', 'e': 'f', 'g': 'h'}
-  assert tgt == [s(0), *c(answers[hidden[0]]), s(1), *c(answers[hidden[1]]),
-                 s(2), *c('z'), EOS]
-  assert b['decoder_inputs'][0, 0] == 0 and b['target_weights'][0].sum() == len(tgt)
-  # A pure function of the episode; evaluation batches are never masked.
-  assert (conv.train_batch([ep])['encoder_inputs'] == b['encoder_inputs']).all()
+  masks = set()
+  for n in range(40):  # episodes differ in their query; each row draws its own m
+    ep = _episode(list(answers.items()), query=(chr(ord('i') + n % 15), 'z'), task=f't{n}')
+    ep = fewshot.Episode(ep.task, ep.query, ep.demos, None, n, n)
+    b = conv.train_batch([ep])
+    enc = [i for i in b['encoder_inputs'][0].tolist() if i]
+    tgt = [i for i in b['targets'][0].tolist() if i]
+    # The query ends the row as in 'concat' mode; its target comes first.
+    assert enc[-3:] == [X, *c(ep.query.input), EOS] and tgt[0] == c('z')[0]
+    hidden = [k for k in answers if c(answers[k])[0] not in enc]
+    masks.add(len(hidden))
+    # Then each sentinel with the target it hides, in order, then EOS.
+    want = [*c('z')]
+    for j, k in enumerate(hidden):
+      assert enc[enc.index(c(k)[0]) + 2] == s(j)
+      want += [s(j), *c(answers[k])]
+    assert tgt == want + [EOS]
+    assert b['target_weights'][0].sum() == len(tgt)
+    if not hidden:  # an unmasked row is exactly the few-shot row
+      assert (b['encoder_inputs'] == plain.train_batch([ep])['encoder_inputs']).all()
+    # A pure function of the episode.
+    assert (conv.train_batch([ep])['targets'] == b['targets']).all()
+  assert masks == {0, 1, 2, 3}
   with pytest.raises(ValueError, match='concat'):
     converters.Converter(CharTok(), Lengths(8, 5, 3), 'hyper', recall_slots=2)
 

@@ -218,37 +218,43 @@ class Converter:
     return self._finish(self._rows(eps, [None] * len(eps)), len(eps))
 
   def _recall_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
-    """In-context recall rows (T5 span corruption over an episode).
+    """Few-shot rows with in-context recall (T5 span corruption) added.
 
-    The demonstrations and the query, each `<x> input <y> target`, with the
-    targets of `recall_slots` of them (the query's always) replaced by
-    sentinels; the decoder writes `<extra_id_0> target <extra_id_1> target
-    ... </s>`. Every masked target is revealed only by the other items of the
-    episode, so one row teaches `recall_slots` lookups where the few-shot
-    format teaches one.
+    Each row is the 'concat' row of its episode, except that the targets of
+    m demonstrations (m uniform in 0..`recall_slots`) are replaced by
+    sentinels, and the decoder writes the query's target first and then
+    `<extra_id_0> target <extra_id_1> target ... </s>`. A masked target is
+    revealed only by the other demonstrations, so one row teaches up to
+    1 + `recall_slots` lookups where the few-shot format teaches one; rows
+    with m = 0 are exactly 'concat' rows, so the model stays a few-shot model.
     """
     cols: dict[str, list] = {'encoder_inputs': [], 'targets': [],
                              'hyper_num_used': [], 'hyper_num_dropped': []}
     for ep in eps:
-      items = [*ep.demos, ep.query]
       # A pure function of the episode (its demonstrations are the step's draw).
       rng = np.random.default_rng([ep.task_index, ep.example_index,
                                    _stable_hash(' '.join(d.input for d in ep.demos))])
-      m = min(self.recall_slots, len(items))
-      masked = sorted(rng.choice(len(items) - 1, size=m - 1, replace=False).tolist()
-                      ) + [len(items) - 1]
-      enc, tgt = [], []
-      for i, ex in enumerate(items):
-        enc += [X_ID, *self.ids(ex.input), Y_ID]
+      m = int(rng.integers(min(self.recall_slots, len(ep.demos)) + 1))
+      masked = sorted(rng.choice(len(ep.demos), size=m, replace=False).tolist())
+      query = self._eos_truncate([X_ID, *self.ids(ep.query.input)], self.lengths.encoder,
+                                 ep.task, 'queries_truncated')
+      enc, tgt = [], list(self.ids(ep.query.target))
+      for i, ex in enumerate(ep.demos):
+        item = [X_ID, *self.ids(ex.input), Y_ID]
         if i in masked:
           j = masked.index(i)
-          enc.append(sentinel_id(j))
-          tgt += [sentinel_id(j), *self.ids(ex.target)]
+          item.append(sentinel_id(j))
+          extra = [sentinel_id(j), *self.ids(ex.target)]
         else:
-          enc += self.ids(ex.target)
-      enc = self._eos_truncate(enc, self.lengths.concat, ep.task, 'recall_rows_truncated')
+          item += self.ids(ex.target)
+          extra = []
+        if len(enc) + len(item) + len(query) > self.lengths.concat:
+          self.stats.add(ep.task, 'demos_dropped_to_fit', warn=True)
+          break
+        enc += item
+        tgt += extra
       tgt = self._eos_truncate(tgt, self.lengths.decoder, ep.task, 'recall_targets_truncated')
-      cols['encoder_inputs'].append(pad_to(enc, self.lengths.concat))
+      cols['encoder_inputs'].append(pad_to(enc + query, self.lengths.concat))
       cols['targets'].append(pad_to(tgt, self.lengths.decoder))
       cols['hyper_num_used'].append(len(ep.demos))
       cols['hyper_num_dropped'].append(0)
