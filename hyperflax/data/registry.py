@@ -46,7 +46,7 @@ _OPTIONS = {
     'synthetic': {'suite_seed', 'train_tasks_per_family',
                   'heldout_tasks_per_family', 'pool_size', 'max_queries',
                   'task_sampling', 'num_labels', 'many_keys', 'layouts',
-                  'recall_slots'},
+                  'recall_slots', 'train_families'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -157,7 +157,9 @@ def _suite(ctx) -> synthetic.SyntheticSuite:
       pool_size=ctx.opt('pool_size', 64),
       num_labels=ctx.opt('num_labels', len(synthetic.LABELS)),
       many_keys=ctx.opt('many_keys', False),
-      layouts=ctx.opt('layouts', 'fixed'))
+      layouts=ctx.opt('layouts', 'fixed'),
+      train_families=(tuple(ctx.opt('train_families')) if ctx.opt('train_families')
+                      else None))
 
 
 def _synthetic_eval(ctx, part):

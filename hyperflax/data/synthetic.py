@@ -191,17 +191,23 @@ FAMILIES = (
 
 
 
-def varied_layout(rng: np.random.Generator, family: str) -> str:
+def varied_layout(rng: np.random.Generator, family: str, key_last: bool = False) -> str:
   """A training layout of a seen family: a separator of TRAIN_SEPS (or none)
-  and, for lookup/category, either order of key and number. Drawn per task, so
-  a model must find the key (or the position) by content, as it must on the
-  held-out families' surfaces, which no training layout has."""
+  and, for lookup/category, either order of key and number (`key_last`: the
+  key always last, as in the held-out lookup/category surfaces). Drawn per
+  task, so a model must find the key (or the position) by content, as it must
+  on the held-out families' surfaces, whose separators no training layout has."""
   sep = ('',) + TRAIN_SEPS
   sep = sep[int(rng.integers(len(sep)))]
   if family == 'select':
     return f' {sep} ' if sep else ' '
   middle = f' {sep} ' if sep else ' '
-  return '{key}' + middle + '{n}' if rng.integers(2) else '{n}' + middle + '{key}'
+  if key_last or not rng.integers(2):
+    return '{n}' + middle + '{key}'
+  return '{key}' + middle + '{n}'
+
+
+LAYOUTS = ('fixed', 'varied', 'varied_key_last')
 
 
 # A family no suite task has (new layout, new keys, the suite's output words):
@@ -236,9 +242,12 @@ class SyntheticSuite:
     num_labels: output words in use, the first `num_labels` of LABELS.
     many_keys: training `lookup` tasks draw keys from TRAIN_KEYS (~4,900)
       instead of the 40 animals.
-    layouts: 'fixed' (each seen family has one layout) or 'varied' (each
-      task of a seen family draws its own layout, `varied_layout`); held-out
+    layouts: 'fixed' (each seen family has one layout), 'varied' (each
+      task of a seen family draws its own layout, `varied_layout`) or
+      'varied_key_last' (the same with the key after the number); held-out
       families keep their layouts either way.
+    train_families: train on these seen families only (None: all); for
+      curricula and diagnostics. Evaluation splits are unchanged.
   """
   seed: int = 0
   train_tasks_per_family: int = 200
@@ -247,10 +256,16 @@ class SyntheticSuite:
   num_labels: int = len(LABELS)
   many_keys: bool = False
   layouts: str = 'fixed'
+  train_families: tuple[str, ...] | None = None
 
   def __post_init__(self):
-    if self.layouts not in ('fixed', 'varied'):
-      raise ValueError(f"synthetic suite: layouts={self.layouts!r}; expected 'fixed' or 'varied'")
+    if self.layouts not in LAYOUTS:
+      raise ValueError(f'synthetic suite: layouts={self.layouts!r}; expected one of {LAYOUTS}')
+    seen = [f.name for f in FAMILIES if not f.heldout]
+    if self.train_families is not None and (
+        not self.train_families or set(self.train_families) - set(seen)):
+      raise ValueError(f'synthetic suite: train_families={list(self.train_families)}; '
+                       f'expected a non-empty subset of {seen}')
 
   def _task(self, fam_index: int, task_index: int) -> tuple[str, list[Example]]:
     fam = FAMILIES[fam_index]
@@ -258,10 +273,10 @@ class SyntheticSuite:
     name = f'{fam.name}/{task_index:04d}'
     make = _LOOKUP_MANY_KEYS if self.many_keys and fam.name == 'lookup' else fam.make
     kwargs = {}
-    if self.layouts == 'varied' and not fam.heldout:
+    if self.layouts != 'fixed' and not fam.heldout:
       # Its own generator: the fixed-layout tasks' draws stay as they were.
       kwargs['layout'] = varied_layout(np.random.default_rng([self.seed, fam_index, task_index, 7]),
-                                       fam.name)
+                                       fam.name, key_last=self.layouts == 'varied_key_last')
     return name, [Example(inp, out, tuple(opts), origin=f'synthetic:{name}')
                   for inp, out, opts in make(rng, self.pool_size,
                                                  LABELS[:self.num_labels], **kwargs)]
@@ -273,7 +288,8 @@ class SyntheticSuite:
   def _build_train_tasks(self) -> tuple[FewShotTask, ...]:
     out = []
     for f, fam in enumerate(FAMILIES):
-      if not fam.heldout:
+      if not fam.heldout and (self.train_families is None or
+                              fam.name in self.train_families):
         for i in range(self.train_tasks_per_family):
           name, exs = self._task(f, i)
           out.append(FewShotTask(name, exs, group=fam.name))
