@@ -223,3 +223,18 @@ def test_varied_layouts_keep_heldout_surfaces_unseen():
   assert all(tok.encode(s) for s in synthetic.TRAIN_SEPS)
   with pytest.raises(ValueError, match='layouts'):
     synthetic.SyntheticSuite(layouts='random')
+
+
+def test_train_families_and_key_last_layouts():
+  suite = synthetic.SyntheticSuite(train_tasks_per_family=10, pool_size=20, many_keys=True,
+                                   train_families=('lookup',), layouts='varied_key_last')
+  tasks = suite.train_tasks()
+  assert {t.group for t in tasks} == {'lookup'} and len(tasks) == 10
+  # The key (a word) is always last, the number first.
+  assert all(e.input.split()[0].isdigit() and not e.input.split()[-1].isdigit()
+             for t in tasks for e in t.examples)
+  # Evaluation splits do not depend on the training subset.
+  assert {t.group for t in suite.eval_tasks('heldout_tasks')} == {
+      'heldout_task:lookup', 'heldout_task:category', 'heldout_task:select'}
+  with pytest.raises(ValueError, match='train_families'):
+    synthetic.SyntheticSuite(train_families=('lookup_pseudo',))
