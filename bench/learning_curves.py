@@ -5,6 +5,12 @@ r"""Learning curves on the synthetic suite: held-out accuracy against training s
       --downstream=/tmp/curves/t5_mtf/downstream --points=200,400
   python bench/learning_curves.py --workdir=/tmp/curves --plot   # PNG + JSON of every run there
 
+Curriculum and diagnostic levers go through `--set` (RESULTS, "Learning: looking for a
+regime"): the suite's `data.options` `layouts` ('varied', 'varied_key_last'),
+`train_families`, `num_labels`, `many_keys`, and `recall_slots` (in-context recall rows for a
+few-shot model), e.g.
+  --set 'data.options={"many_keys":True,"num_labels":12,"recall_slots":8,"layouts":"varied"}'
+
 One model per call: `t5_mtf` (the downstream, queries alone), `fewshot`
 (T5-MTF-Few-shot) or a hypermodel variant of `hyperflax.demo.VARIANTS`
 (against a frozen `--downstream`). The run trains with the demo's
