@@ -116,16 +116,32 @@ class Attention(nn.Module):
   config: T5Config
   decode: bool = False
 
-  def _project(self, name: str, x: Array, out_axes, adapter: Adapter | None,
-               std: float) -> Array:
+  def _project(self, names: tuple[str, ...], x: Array, stds: tuple[float, ...],
+               lora: Adapter) -> list[Array]:
+    """Projections of one input by several kernels, as ONE matmul.
+
+    The kernels stay separate parameters (same names, shapes and logical axes);
+    at trace time they are stacked on a new axis ([D, n, heads*d_kv], so a
+    sharded `joined_kv` axis stays sharded per projection) and contracted with
+    `x` in a single dot: one [B*T, D] x [D, n*F] GEMM instead of n skinnier
+    ones, with identical per-element math. LoRA deltas are added per
+    projection afterwards. Returns n arrays [B, T, heads * d_kv].
+    """
     cfg = self.config
-    kernel = param_with_axes(self, name, _normal(std), (x.shape[-1], cfg.inner_dim),
-                             out_axes)
-    y = jnp.einsum('BTD,DF->BTF', x, kernel.astype(cfg.compute_dtype))
-    lora = (adapter or {}).get(name)
-    if lora is not None:
-      y = y + _lora_delta(x, lora)
-    return y  # [B, T, heads * d_kv]
+    kernels = [param_with_axes(self, name, _normal(std), (x.shape[-1], cfg.inner_dim),
+                               ('embed', 'joined_kv')).astype(cfg.compute_dtype)
+               for name, std in zip(names, stds)]
+    if len(kernels) == 1:
+      ys = [jnp.einsum('BTD,DF->BTF', x, kernels[0])]
+    else:
+      y = jnp.einsum('BTD,DNF->BTNF', x, jnp.stack(kernels, axis=1))
+      ys = [y[:, :, i] for i in range(len(kernels))]
+    out = []
+    for name, y in zip(names, ys):
+      if name in lora:
+        y = y + _lora_delta(x, lora[name])
+      out.append(y)
+    return out
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
@@ -134,11 +150,17 @@ class Attention(nn.Module):
     cfg = self.config
     d = inputs_q.shape[-1]
     split = lambda t: t.reshape(t.shape[:2] + (cfg.num_heads, cfg.d_kv))
-    q = split(self._project('query', inputs_q, ('embed', 'joined_kv'), adapter,
-                            (d * cfg.d_kv) ** -0.5))
-    k = split(self._project('key', inputs_kv, ('embed', 'joined_kv'), None, d ** -0.5))
-    v = split(self._project('value', inputs_kv, ('embed', 'joined_kv'), adapter,
-                            d ** -0.5))
+    # LoRA deltas apply to query and value only; the key never takes one.
+    lora = {n: adapter[n] for n in ('query', 'value')
+            if adapter and adapter.get(n) is not None}
+    std_q, std_kv = (d * cfg.d_kv) ** -0.5, d ** -0.5
+    if inputs_kv is inputs_q:  # self-attention: q, k, v in one matmul
+      q, k, v = self._project(('query', 'key', 'value'), inputs_q,
+                              (std_q, std_kv, std_kv), lora)
+    else:  # cross-attention: q alone, k and v of the encoder states in one matmul
+      q, = self._project(('query',), inputs_q, (std_q,), lora)
+      k, v = self._project(('key', 'value'), inputs_kv, (std_kv, std_kv), lora)
+    q, k, v = split(q), split(k), split(v)
 
     if self.decode:
       k, v, mask, bias = self._update_cache(k, v, mask, bias)
@@ -218,8 +240,10 @@ class MlpBlock(nn.Module):
                            (cfg.d_model, cfg.d_ff), ('embed', 'mlp'))
     wo = param_with_axes(self, 'wo', _normal(cfg.d_ff ** -0.5),
                          (cfg.d_ff, cfg.d_model), ('mlp', 'embed'))
-    h = jax.nn.gelu(jnp.einsum('BTD,DF->BTF', x, wi_0.astype(dt)), approximate=True)
-    h = h * jnp.einsum('BTD,DF->BTF', x, wi_1.astype(dt))
+    # wi_0 and wi_1 in one matmul (stacked at trace time; see Attention._project).
+    wi = jnp.stack([wi_0.astype(dt), wi_1.astype(dt)], axis=1)  # [D, 2, F]
+    h01 = jnp.einsum('BTD,DNF->BTNF', x, wi)
+    h = jax.nn.gelu(h01[:, :, 0], approximate=True) * h01[:, :, 1]
     h = nn.with_logical_constraint(h, ('act_batch', 'act_len', 'act_mlp'))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return jnp.einsum('BTF,FD->BTD', h, wo.astype(dt))
