@@ -44,9 +44,12 @@ def summarise(per_seed: list[dict], splits, metrics=demo.METRICS) -> dict:
     for metric in metrics:
       out[model][metric] = {}
       for split in splits:
-        vals = np.array([r[model][metric][split] for r in per_seed if model in r])
+        # None: a row with no value for this metric (the demos' majority answer generates nothing).
+        vals = np.array([r[model][metric][split] for r in per_seed
+                         if model in r and r[model][metric][split] is not None], dtype=float)
         std = vals.std(ddof=1) if len(vals) > 1 else float('nan')
-        out[model][metric][split] = (float(vals.mean()), float(std), len(vals))
+        mean = float(vals.mean()) if len(vals) else float('nan')
+        out[model][metric][split] = (mean, float(std), len(vals))
   return out
 
 
@@ -57,6 +60,8 @@ def markdown(summary: dict, splits, metrics=demo.METRICS) -> str:
     rows = [head, '|' + '---|' * (len(splits) + 3)]
     for model, cells in summary.items():
       means = [cells[metric][s][0] for s in splits]
+      if not cells[metric][splits[0]][2]:
+        continue
       text = [f'{m:.1f} ± {cells[metric][s][1]:.1f}' for m, s in zip(means, splits)]
       seeds = cells[metric][splits[0]][2]
       rows.append(f'| {model} | ' + ' | '.join(text) + f' | {np.mean(means):.1f} | {seeds} |')

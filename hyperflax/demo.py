@@ -129,6 +129,30 @@ def _evaluate(config, out, workdir, splits, label, metrics=METRICS) -> dict:
   return results
 
 
+MAJORITY_LABEL = "Demos' most frequent answer"
+
+
+def _majority_row(eval_root: str, splits, metrics) -> dict | None:
+  """The reference a binding model must beat, not only chance: answering every
+  query with the option its demonstrations give most often (`EvalTaskData.majority`,
+  recorded by `evaluate` with every run); no model involved."""
+  if 'accuracy' not in metrics:
+    return None
+  from hyperflax import workdir as workdir_lib
+  row = {m: {} for m in metrics}
+  for split in splits:
+    summary = workdir_lib.read_json(
+        workdir_lib.as_path(eval_root) / f'eval_{split}' / 'results.json')
+    value = summary['average_metrics'].get('majority')
+    if value is None:
+      return None
+    row['accuracy'][split] = value
+    for m in metrics:
+      if m != 'accuracy':
+        row[m][split] = None  # no model generates: printed as '-'
+  return row
+
+
 def _pipeline(args) -> tuple[str, dict]:
   """One model after the downstream: the few-shot baseline, or CACLM +
   multi-task fine-tuning of a hypermodel variant; returns (label, results)."""
@@ -195,6 +219,9 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   cfg = stage_config('t5_mtf', steps=p.downstream_steps, seed=p.seed, **common)
   out = _train(cfg, down_dir)
   table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF', metrics)
+  majority = _majority_row(down_dir, p.eval_splits, metrics)
+  if majority:
+    table[MAJORITY_LABEL] = majority
   frozen_t5 = os.path.join(down_dir, 'downstream')
 
   # After the downstream, the stages form independent pipelines; one process

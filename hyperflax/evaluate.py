@@ -121,6 +121,8 @@ def evaluate_task(task, score_fn, generate_fn, trainable, frozen, batch_size: in
       rows[-1]['generated'] = generated[i]
   if task.chance is not None:
     result['chance'] = task.chance * 100
+  if task.majority is not None:
+    result['majority'] = task.majority * 100
   return result, rows
 
 

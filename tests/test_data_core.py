@@ -325,3 +325,18 @@ def test_iter_jsonl_rejects_non_objects(tmp_path):
   p.write_text('[1, 2]\n')
   with pytest.raises(ValueError, match=rf'{p}:1: expected a JSON object'):
     list(io_utils.iter_jsonl(p))
+
+
+def test_majority_answer_baseline_by_hand():
+  ex = lambda i, o: Example(i, o, ('blue', 'red', 'sun'))
+  demos = [ex('a', 'red'), ex('b', 'red'), ex('c', 'blue'), ex('d', 'moon')]
+  # 'red' is the demonstrations' most frequent option: right on q1 and q3, wrong on q2.
+  task = EvalTaskData('t', demos, [ex('q1', 'red'), ex('q2', 'blue'), ex('q3', 'red')])
+  assert task.majority == pytest.approx(2 / 3)
+  # A tie between red and blue is a coin flip between them; sun (0 demos) never wins.
+  tied = EvalTaskData('t', demos + [ex('e', 'blue')], [ex('q1', 'red'), ex('q2', 'sun')])
+  assert tied.majority == pytest.approx((1 / 2 + 0) / 2)
+  # No demonstration gives any option: a uniform guess, i.e. chance.
+  none = EvalTaskData('t', [ex('a', 'moon')], [ex('q', 'red')])
+  assert none.majority == pytest.approx(none.chance) == pytest.approx(1 / 3)
+  assert EvalTaskData('t', [], [ex('q', 'red')]).majority is None

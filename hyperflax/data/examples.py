@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+
 import dataclasses
 from typing import Sequence
 
@@ -91,6 +93,26 @@ class EvalTaskData:
     if not self.has_options:
       return None
     return sum(1.0 / len(q.options) for q in self.queries) / len(self.queries)
+
+  @property
+  def majority(self) -> float | None:
+    """Expected accuracy of answering every query with the option that the
+    demonstrations give most often (ties: a uniform guess among them).
+
+    What the answers' frequencies alone earn, without reading the query:
+    a model must beat this, not only chance, to show it binds inputs to
+    answers (where demonstrations repeat answers, it can be well above chance).
+    """
+    if not self.has_options or not self.demos:
+      return None
+    counts = collections.Counter(d.target for d in self.demos)
+    total = 0.0
+    for q in self.queries:
+      score = {o: counts.get(o, 0) for o in q.options}
+      top = max(score.values())
+      best = [o for o, c in score.items() if c == top]
+      total += best.count(q.target) / len(best)
+    return total / len(self.queries)
 
 
 @dataclasses.dataclass(frozen=True)

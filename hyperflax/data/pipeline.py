@@ -64,6 +64,7 @@ class EvalTask:
   metric = property(lambda self: self.data.metric)
   group = property(lambda self: self.data.group)
   chance = property(lambda self: self.data.chance)
+  majority = property(lambda self: self.data.majority)
   has_options = property(lambda self: self.data.has_options)
   on_generations = property(lambda self: self.data.on_generations)
   queries = property(lambda self: self.data.queries)
