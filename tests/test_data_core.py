@@ -119,6 +119,22 @@ def test_recall_rows_mask_targets_with_sentinels():
     # A pure function of the episode.
     assert (conv.train_batch([ep])['targets'] == b['targets']).all()
   assert masks == {0, 1, 2, 3}
+  # A decoder too short for every recall keeps the excess targets in view instead.
+  short = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=5), 'concat',
+                               recall_slots=4)
+  seen = set()
+  for n in range(40):
+    ep = fewshot.Episode(f't{n}', Example(chr(ord('i') + n % 15), 'z'),
+                         tuple(Example(i, o) for i, o in answers.items()), None, n, n)
+    enc = short.train_batch([ep])['encoder_inputs'][0].tolist()
+    tgt = [i for i in short.train_batch([ep])['targets'][0].tolist() if i]
+    sentinels = [i for i in enc if vocab.NUM_PIECES <= i < vocab.X_ID]
+    seen.add(len(sentinels))
+    assert tgt[-1] == EOS and len(tgt) <= 5
+    assert [t for t in tgt if vocab.NUM_PIECES <= t < vocab.X_ID] == sentinels
+  assert seen == {0, 1}  # 'z' + one (sentinel, answer) + EOS fill 4 of 5
+  with pytest.raises(ValueError, match='recall_slots'):
+    converters.Converter(CharTok(), Lengths(8, 5, 3), 'concat', recall_slots=101)
   with pytest.raises(ValueError, match='concat'):
     converters.Converter(CharTok(), Lengths(8, 5, 3), 'hyper', recall_slots=2)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from hyperflax.data.examples import Lengths
 from hyperflax.data.fewshot import DataStats, Episode, _stable_hash
-from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID, sentinel_id
+from hyperflax.data.vocab import EOS_ID, NUM_EXTRA_IDS, PAD_ID, X_ID, Y_ID, sentinel_id
 
 MODES = ('hyper', 'concat', 'zero_shot')
 
@@ -94,6 +94,8 @@ class Converter:
                recall_slots: int = 0):
     if mode not in MODES:
       raise ValueError(f'mode={mode!r}; expected one of {MODES}')
+    if not 0 <= recall_slots <= NUM_EXTRA_IDS:
+      raise ValueError(f'recall_slots={recall_slots}: expected 0..{NUM_EXTRA_IDS} (sentinels)')
     if recall_slots and mode != 'concat':
       raise ValueError(f'recall_slots={recall_slots} needs mode "concat" (the '
                        f'demonstrations in the encoder), not {mode!r}')
@@ -222,7 +224,8 @@ class Converter:
 
     Each row is the 'concat' row of its episode, except that the targets of
     m demonstrations (m uniform in 0..`recall_slots`) are replaced by
-    sentinels, and the decoder writes the query's target first and then
+    sentinels (fewer when the decoder length cannot hold their answers: a
+    sentinel never lacks its answer), and the decoder writes the query's target first and then
     `<extra_id_0> target <extra_id_1> target ... </s>`. A masked target is
     revealed only by the other demonstrations, so one row teaches up to
     1 + `recall_slots` lookups where the few-shot format teaches one; rows
@@ -238,13 +241,15 @@ class Converter:
       masked = sorted(rng.choice(len(ep.demos), size=m, replace=False).tolist())
       query = self._eos_truncate([X_ID, *self.ids(ep.query.input)], self.lengths.encoder,
                                  ep.task, 'queries_truncated')
-      enc, tgt = [], list(self.ids(ep.query.target))
+      enc, tgt, j = [], list(self.ids(ep.query.target)), 0
       for i, ex in enumerate(ep.demos):
         item = [X_ID, *self.ids(ex.input), Y_ID]
-        if i in masked:
-          j = masked.index(i)
-          item.append(sentinel_id(j))
-          extra = [sentinel_id(j), *self.ids(ex.target)]
+        extra = [sentinel_id(j), *self.ids(ex.target)]
+        # A masked target is kept in view when its recall would not fit the
+        # decoder (room for EOS): no sentinel is ever left without its answer.
+        if i in masked and len(tgt) + len(extra) < self.lengths.decoder:
+          item.append(extra[0])
+          j += 1
         else:
           item += self.ids(ex.target)
           extra = []

@@ -58,6 +58,21 @@ class FewShotTask:
   group: str = ''
 
 
+def majority_credit(demos: Sequence[Example], query: Example) -> float:
+  """Expected accuracy on `query` of answering with the option that `demos`
+  give most often (ties: a uniform guess among them).
+
+  What the answers' frequencies alone earn, without reading the query: a model
+  must beat this, not only chance, to show that it binds inputs to answers
+  (where demonstrations repeat answers, it is well above chance).
+  """
+  counts = collections.Counter(d.target for d in demos)
+  score = {o: counts.get(o, 0) for o in query.options}
+  top = max(score.values())
+  best = [o for o, c in score.items() if c == top]
+  return best.count(query.target) / len(best)
+
+
 @dataclasses.dataclass
 class EvalTaskData:
   """An evaluation task: a fixed demonstration set and ordered queries.
@@ -96,23 +111,10 @@ class EvalTaskData:
 
   @property
   def majority(self) -> float | None:
-    """Expected accuracy of answering every query with the option that the
-    demonstrations give most often (ties: a uniform guess among them).
-
-    What the answers' frequencies alone earn, without reading the query:
-    a model must beat this, not only chance, to show it binds inputs to
-    answers (where demonstrations repeat answers, it can be well above chance).
-    """
+    """`majority_credit` over the queries, with all of `demos`."""
     if not self.has_options or not self.demos:
       return None
-    counts = collections.Counter(d.target for d in self.demos)
-    total = 0.0
-    for q in self.queries:
-      score = {o: counts.get(o, 0) for o in q.options}
-      top = max(score.values())
-      best = [o for o, c in score.items() if c == top]
-      total += best.count(q.target) / len(best)
-    return total / len(self.queries)
+    return sum(majority_credit(self.demos, q) for q in self.queries) / len(self.queries)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from hyperflax.data.converters import Converter
-from hyperflax.data.examples import EvalTaskData
+from hyperflax.data.examples import EvalTaskData, majority_credit
 from hyperflax.data.fewshot import Episode, EpisodeSampler, eval_episodes
 
 log = logging.getLogger('hyperflax.data')
@@ -64,7 +64,6 @@ class EvalTask:
   metric = property(lambda self: self.data.metric)
   group = property(lambda self: self.data.group)
   chance = property(lambda self: self.data.chance)
-  majority = property(lambda self: self.data.majority)
   has_options = property(lambda self: self.data.has_options)
   on_generations = property(lambda self: self.data.on_generations)
   queries = property(lambda self: self.data.queries)
@@ -72,6 +71,17 @@ class EvalTask:
 
   def episodes(self) -> list[Episode]:
     return eval_episodes(self.data, self.task_index, self.num_shots)
+
+  @property
+  def majority(self) -> float | None:
+    """`majority_credit` over the queries, from the demonstrations each
+    episode holds (the first `num_shots`, none equal to the query)."""
+    if not self.has_options:
+      return None
+    eps = [ep for ep in self.episodes() if ep.demos]
+    if len(eps) < len(self.data.queries):
+      return None
+    return sum(majority_credit(ep.demos, ep.query) for ep in eps) / len(eps)
 
   def batches(self, batch_size: int, scoring: bool | None = None
               ) -> Iterator[dict[str, np.ndarray]]:

@@ -158,8 +158,14 @@ def _suite(ctx) -> synthetic.SyntheticSuite:
       num_labels=ctx.opt('num_labels', len(synthetic.LABELS)),
       many_keys=ctx.opt('many_keys', False),
       layouts=ctx.opt('layouts', 'fixed'),
-      train_families=(tuple(ctx.opt('train_families')) if ctx.opt('train_families')
-                      else None))
+      train_families=_names(ctx.opt('train_families')))
+
+
+def _names(value) -> tuple[str, ...] | None:
+  """A list option that may also be given as one name."""
+  if value is None:
+    return None
+  return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _synthetic_eval(ctx, part):

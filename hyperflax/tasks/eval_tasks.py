@@ -29,7 +29,8 @@ demonstrations, `<x> in <y> out ...`, whole demonstrations dropped to fit;
 mode 'hyper' only), `inputs` (the query; in mode 'concat' the demonstrations
 followed by the query), `targets` (gold output, or the scored option), plus
 `inputs_pretokenized`, `targets_pretokenized`, `answer`, `references`,
-`example_index`, `option_index`, `label`, `num_options` for the metrics.
+`example_index`, `option_index`, `label`, `num_options`, `majority` (the query's
+credit for the demonstrations' most frequent option) for the metrics.
 Demonstration dropping depends on the lengths, the K and the seed given at
 registration, so an eval job registers the Tasks with its run's settings
 (`hyperflax.seqio_eval` does); `import hyperflax.tasks` registers defaults.
@@ -50,7 +51,7 @@ import tensorflow as tf
 
 from hyperflax.data import registry as hf_registry
 from hyperflax.data import synthetic
-from hyperflax.data.examples import Lengths
+from hyperflax.data.examples import Lengths, majority_credit
 from hyperflax.data.vocab import load_vocabulary, resolve_data_dir
 from hyperflax.tasks import metrics as task_metrics
 from hyperflax.tasks.vocabulary import HyperflaxVocabulary
@@ -175,7 +176,9 @@ def _rows(loader: _Loader, unit: Unit, scoring: bool, hyper: bool):
            'inputs_pretokenized': query.input, 'answer': query.target,
            'references': list(query.all_references),
            'example_index': ep.example_index, 'label': query.label,
-           'num_options': len(query.options)}
+           'num_options': len(query.options),
+           'majority': majority_credit(ep.demos, query) if query.options and ep.demos
+                       else float('nan')}
     if hyper:
       row['hyper_inputs'] = conv.hyper_ids(ep)[0][:-1]
     if not scoring:
@@ -194,7 +197,8 @@ def _source(loader: _Loader, unit: Unit, scoring: bool, hyper: bool, splits):
                'targets_pretokenized': text, 'answer': text,
                'references': tf.TensorSpec([None], tf.string),
                'example_index': integer, 'option_index': integer,
-               'label': integer, 'num_options': integer}
+               'label': integer, 'num_options': integer,
+               'majority': tf.TensorSpec([], tf.float64)}
   if hyper:
     signature['hyper_inputs'] = ids
 

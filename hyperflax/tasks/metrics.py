@@ -33,7 +33,8 @@ def rank_postprocessor(output_or_target, example=None, is_target=False):
           'label': int(example['label']),
           'option': _text(example['targets_pretokenized']),
           'answer': _text(example['answer']),
-          'num_options': int(example['num_options'])}
+          'num_options': int(example['num_options']),
+          'majority': float(example['majority'])}
 
 
 def generation_postprocessor(output_or_target, example=None, is_target=False):
@@ -56,8 +57,8 @@ def rank_classification(targets: Sequence[dict[str, Any]], scores,
     prefix: 'rank_' where the headline is on generations (MetaICL).
 
   Returns:
-    {'accuracy', 'chance'} (+ 'macro_f1'), all x100, `prefix` on all but
-    'chance'.
+    {'accuracy', 'chance', 'majority'} (+ 'macro_f1'), all x100, `prefix` on
+    all but 'chance' and 'majority'.
   """
   rows = list(targets)
   ex = np.array([r['example_index'] for r in rows], np.int64)
@@ -78,6 +79,10 @@ def rank_classification(targets: Sequence[dict[str, Any]], scores,
     result[f'{prefix}macro_f1'] = metrics_lib.macro_f1(texts, [q['answer'] for q in queries])
   # EvalTaskData.chance, summed in query order as it does.
   result['chance'] = sum(1.0 / q['num_options'] for q in queries) / len(queries) * 100
+  # `EvalTask.majority` (the demonstrations' most frequent option), the same way.
+  credits = [float(q['majority']) for q in queries if 'majority' in q]
+  if credits and len(credits) == len(queries) and not np.isnan(credits).any():
+    result['majority'] = sum(credits) / len(credits) * 100
   return result
 
 
