@@ -114,10 +114,11 @@ METRICS = {'accuracy': 'rank-classification accuracy (%) — options shown',
            'generated_exact_match': 'exact match (%) of greedy generation — no options shown'}
 
 
-def _evaluate(config, out, workdir, splits, label, metrics=METRICS) -> dict:
+def _evaluate(config, out, workdir, splits, label, metrics=METRICS, majority=None) -> dict:
   """{metric: {split: task-average}} for the metrics of `metrics` (keys of
   `evaluate`'s `average_metrics`, or 'headline': its per-task headline metric,
-  e.g. MetaICL's macro-F1 / accuracy, averaged)."""
+  e.g. MetaICL's macro-F1 / accuracy, averaged). `majority`, if given, gets
+  {split: the demonstrations' majority-answer average} where evaluate has it."""
   from hyperflax import evaluate
   results = {m: {} for m in metrics}
   for split in splits:
@@ -126,30 +127,23 @@ def _evaluate(config, out, workdir, splits, label, metrics=METRICS) -> dict:
     for m in metrics:
       results[m][split] = (summary['average'] if m == 'headline'
                            else summary['average_metrics'][m])
+    if majority is not None and 'majority' in summary['average_metrics']:
+      majority[split] = summary['average_metrics']['majority']
   return results
 
 
 MAJORITY_LABEL = "Demos' most frequent answer"
 
 
-def _majority_row(eval_root: str, splits, metrics) -> dict | None:
+def _majority_row(majority: dict, splits, metrics) -> dict | None:
   """The reference a binding model must beat, not only chance: answering every
-  query with the option its demonstrations give most often (`EvalTaskData.majority`,
-  recorded by `evaluate` with every run); no model involved."""
-  if 'accuracy' not in metrics:
+  query with the option its demonstrations give most often (`EvalTask.majority`,
+  which `evaluate` records with every run; `_evaluate(majority=...)` collects
+  it); no model involved."""
+  if 'accuracy' not in metrics or any(split not in majority for split in splits):
     return None
-  from hyperflax import workdir as workdir_lib
-  row = {m: {} for m in metrics}
-  for split in splits:
-    summary = workdir_lib.read_json(
-        workdir_lib.as_path(eval_root) / f'eval_{split}' / 'results.json')
-    value = summary['average_metrics'].get('majority')
-    if value is None:
-      return None
-    row['accuracy'][split] = value
-    for m in metrics:
-      if m != 'accuracy':
-        row[m][split] = None  # no model generates: printed as '-'
+  row = {m: {split: None for split in splits} for m in metrics}  # None: printed as '-'
+  row['accuracy'] = {split: majority[split] for split in splits}
   return row
 
 
@@ -218,8 +212,10 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   down_dir = os.path.join(workdir, 'downstream')
   cfg = stage_config('t5_mtf', steps=p.downstream_steps, seed=p.seed, **common)
   out = _train(cfg, down_dir)
-  table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF', metrics)
-  majority = _majority_row(down_dir, p.eval_splits, metrics)
+  majority_by_split = {}
+  table['T5-MTF'] = _evaluate(cfg, out, down_dir, p.eval_splits, 'T5-MTF', metrics,
+                              majority_by_split)
+  majority = _majority_row(majority_by_split, p.eval_splits, metrics)
   if majority:
     table[MAJORITY_LABEL] = majority
   frozen_t5 = os.path.join(down_dir, 'downstream')
