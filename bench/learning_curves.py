@@ -10,6 +10,9 @@ regime"): the suite's `data.options` `layouts` ('varied', 'varied_key_last'),
 `train_families`, `num_labels`, `many_keys`, and `recall_slots` (in-context recall rows for a
 few-shot model), e.g.
   --set 'data.options={"many_keys":True,"num_labels":12,"recall_slots":8,"layouts":"varied"}'
+`query_in_decoder` (the decoder reads `<x> query <y>`; give it in `eval.options` too, with
+`eval.also_generate=False`) and `decoder_recall` (up to M demonstrations move to the decoder as
+scored lookups) are the format in which `bench/recall_sanity.py` shows T5 binding.
 
 One model per call: `t5_mtf` (the downstream, queries alone), `fewshot`
 (T5-MTF-Few-shot) or a hypermodel variant of `hyperflax.demo.VARIANTS`
@@ -49,6 +52,10 @@ def _value(text: str):
 
 
 def config_for(model: str, steps: int, seed: int, overrides: dict, downstream: str = ''):
+  formats = [bool((overrides.get(k) or {}).get('query_in_decoder'))
+             for k in ('data.options', 'eval.options')]
+  if formats[0] != formats[1]:  # training and scoring in different formats would be silent
+    raise ValueError('query_in_decoder must be set in both data.options and eval.options')
   o = {'optim.schedule': 'constant', 'optim.warmup_steps': 100, **overrides}
   if model == 't5_mtf':
     return demo.stage_config('t5_mtf', steps=steps, seed=seed, **o)

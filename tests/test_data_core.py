@@ -139,6 +139,79 @@ def test_recall_rows_mask_targets_with_sentinels():
     converters.Converter(CharTok(), Lengths(8, 5, 3), 'hyper', recall_slots=2)
 
 
+def test_query_in_decoder_rows_score_only_targets():
+  c = CharTok().encode
+  conv = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=10), 'concat',
+                              query_in_decoder=True)
+  ep = _episode([('ab', 'c'), ('de', 'f')], query=('xy', 'ok'))
+  b = conv.train_batch([ep])
+  # The encoder holds the demonstrations only; the decoder reads `<x> query <y>`.
+  assert [i for i in b['encoder_inputs'][0].tolist() if i] == [
+      X, *c('ab'), Y, *c('c'), X, *c('de'), Y, *c('f'), EOS]
+  assert b['targets'][0].tolist() == [X, *c('xy'), Y, *c('ok'), EOS, 0, 0, 0]
+  assert b['target_weights'][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0, 0, 0]
+  assert b['decoder_inputs'][0].tolist()[:5] == [0, X, *c('xy'), Y]
+  # Rank-classification rows: one per option, each scored on the option alone.
+  ep = fewshot.Episode('t', Example('xy', 'ok', options=('ok', 'no!')), ep.demos, None)
+  rows = list(conv.choice_batches([ep], 3))[0]
+  assert rows['targets'][1].tolist()[:7] == [X, *c('xy'), Y, *c('no!'), EOS][:7]
+  assert rows['target_weights'][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 0, 0]
+  assert rows['target_weights'][2].sum() == 0 and rows['is_padding'][2]
+  # A query too long for the decoder is cut, never the option: options still differ.
+  short = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=8), 'concat',
+                               query_in_decoder=True)
+  long_ep = fewshot.Episode('t', Example('abcdefghij', 'ok', options=('ok', 'no!')), ep.demos,
+                            None)
+  rows = list(short.choice_batches([long_ep], 2))[0]
+  assert rows['targets'][1].tolist() == [X, *c('ab'), Y, *c('no!'), EOS]
+  assert rows['target_weights'][1].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+  assert rows['targets'][0].tolist() == [X, *c('ab'), Y, *c('ok'), EOS, 0]  # the same cut
+  assert rows['target_weights'][0].tolist() == [0, 0, 0, 0, 1, 1, 1, 0]
+  assert short.stats.counts['t']['queries_truncated'] == 2
+  with pytest.raises(ValueError, match='no room'):
+    list(converters.Converter(CharTok(), Lengths(40, 8, 5), 'concat', query_in_decoder=True)
+         .choice_batches([long_ep], 2))
+
+
+def test_decoder_recall_rows_move_demos_to_the_decoder():
+  c = CharTok().encode
+  answers = {'a': 'b', 'c': 'd', 'e': 'f', 'g': 'h'}
+  conv = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=20), 'concat',
+                              query_in_decoder=True, decoder_recall=3)
+  moved_counts = set()
+  for n in range(40):
+    ep = fewshot.Episode(f't{n}', Example('q', 'z'),
+                         tuple(Example(i, o) for i, o in answers.items()), None, n, n)
+    b = conv.train_batch([ep])
+    enc = [i for i in b['encoder_inputs'][0].tolist() if i]
+    tgt, w = b['targets'][0].tolist(), b['target_weights'][0].tolist()
+    kept = [k for k in answers if c(k)[0] in enc]
+    moved = [k for k in answers if k not in kept]
+    moved_counts.add(len(moved))
+    assert kept == list(answers)[:len(kept)]  # the last m demonstrations move
+    want = [t for k in moved for t in (X, *c(k), Y, *c(answers[k]))] + [X, *c('q'), Y,
+                                                                         *c('z'), EOS]
+    assert tgt[:len(want)] == want and not any(tgt[len(want):])
+    # Scored: each moved target, the query's target and EOS; read: the rest.
+    scored = [t for t, x in zip(tgt, w) if x]
+    assert scored == [*(c(answers[k])[0] for k in moved), *c('z'), EOS]
+    assert (conv.train_batch([ep])['targets'] == b['targets']).all()
+  assert moved_counts == {0, 1, 2, 3}
+  with pytest.raises(ValueError, match='query_in_decoder'):
+    converters.Converter(CharTok(), Lengths(8, 5, 3), 'concat', decoder_recall=2)
+  with pytest.raises(ValueError, match='concat'):
+    converters.Converter(CharTok(), Lengths(8, 5, 3), 'hyper', query_in_decoder=True,
+                         decoder_recall=2)
+  # Hypermodel rows: the downstream's encoder keeps the query, its decoder reads it again.
+  hyper = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=10), 'hyper',
+                               query_in_decoder=True)
+  b = hyper.train_batch([ep])
+  assert [i for i in b['encoder_inputs'][0].tolist() if i] == [*c('q'), EOS]
+  assert [t for t, x in zip(b['targets'][0].tolist(), b['target_weights'][0]) if x] == [
+      *c('z'), EOS]
+  assert b['targets'][0].tolist()[:3] == [X, *c('q'), Y]
+
+
 def test_zero_shot_mode_has_only_query_fields():
   conv = converters.Converter(CharTok(), Lengths(8, 5, 3), 'zero_shot')
   b = conv.train_batch([_episode([('a', 'b')], query=('hi', 'x'))])

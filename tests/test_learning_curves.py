@@ -39,3 +39,11 @@ def test_plot_writes_png_and_json_with_losses(tmp_path):
   assert set(saved) == set(curves) == {'a', 'b'}
   assert saved['a']['train_loss'] == [[50, 2.0], [100, 1.5]]
   assert saved['a']['rows'][1]['heldout_families']['accuracy'] == 55.0
+
+
+def test_query_in_decoder_must_be_the_training_and_the_scoring_format():
+  with pytest.raises(ValueError, match='both data.options and eval.options'):
+    lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True}})
+  cfg = lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True},
+                                         'eval.options': {'query_in_decoder': True}})
+  assert cfg.data.options['query_in_decoder'] and cfg.eval.options['query_in_decoder']

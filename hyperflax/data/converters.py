@@ -11,6 +11,10 @@ Fields (B rows; lengths from `Lengths`):
   mode 'concat':    encoder_inputs [B, Lh+Le] = few-shot string + `<x> query </s>`,
                     hyper_num_used, hyper_num_dropped (T5-MTF-Few-shot)
   mode 'zero_shot': encoder_inputs [B, Le] (T5-MTF)
+  `query_in_decoder`: targets = `<x> query <y> target </s>`, weighted on
+                    `target </s>` only (the decoder reads the query, it is not
+                    scored on it); in mode 'concat' encoder_inputs = few-shot
+                    string + </s> (the query is in the decoder only)
   always:           decoder_inputs [B, Ld] (targets shifted right, 0 first),
                     targets [B, Ld] (target + </s>), target_weights [B, Ld]
   evaluation adds:  task_index, example_index [B] int32, is_padding [B] bool;
@@ -71,6 +75,12 @@ def fewshot_tokens(demos: Sequence[tuple[Sequence[int], Sequence[int]]],
   return out, used, dropped, def_truncated
 
 
+def _episode_rng(ep: Episode) -> np.random.Generator:
+  """A pure function of the episode (its demonstrations are the step's draw)."""
+  return np.random.default_rng([ep.task_index, ep.example_index,
+                                _stable_hash(' '.join(d.input for d in ep.demos))])
+
+
 def pad_to(ids: Sequence[int], length: int) -> np.ndarray:
   arr = np.zeros(length, np.int32)
   arr[:len(ids)] = ids
@@ -91,7 +101,8 @@ class Converter:
   def __init__(self, tokenizer, lengths: Lengths | None = None,
                mode: str = 'hyper', stats: DataStats | None = None,
                target_eos: bool = True, cache_size: int = 500_000,
-               recall_slots: int = 0):
+               recall_slots: int = 0, query_in_decoder: bool = False,
+               decoder_recall: int = 0):
     if mode not in MODES:
       raise ValueError(f'mode={mode!r}; expected one of {MODES}')
     if not 0 <= recall_slots <= NUM_EXTRA_IDS:
@@ -99,7 +110,18 @@ class Converter:
     if recall_slots and mode != 'concat':
       raise ValueError(f'recall_slots={recall_slots} needs mode "concat" (the '
                        f'demonstrations in the encoder), not {mode!r}')
+    if decoder_recall and mode != 'concat':
+      raise ValueError(f'decoder_recall={decoder_recall} needs mode "concat" (the '
+                       f'demonstrations in the encoder), not {mode!r}')
+    if decoder_recall and not query_in_decoder:
+      raise ValueError('decoder_recall needs query_in_decoder (the rows it adds are in that '
+                       'format)')
+    if recall_slots and query_in_decoder:
+      raise ValueError('recall_slots (sentinels in the encoder) and query_in_decoder exclude '
+                       'each other; use decoder_recall')
     self.recall_slots = recall_slots
+    self.query_in_decoder = query_in_decoder
+    self.decoder_recall = decoder_recall
     self.tokenizer = tokenizer
     self.lengths = Lengths.make(lengths)
     self.mode = mode
@@ -134,9 +156,34 @@ class Converter:
                               ep.task, 'queries_truncated')
 
   def target_ids(self, ep: Episode, text: str | None = None) -> list[int]:
+    return self.target_and_read(ep, text)[0]
+
+  def target_and_read(self, ep: Episode, text: str | None = None) -> tuple[list[int], int]:
+    """Target ids and how many of them the decoder reads unscored (`<x> query <y>`).
+
+    With `query_in_decoder` a query too long for the decoder is cut (counted
+    as `queries_truncated`), never the target: a cut target would make every
+    option of a query score alike. The cut leaves room for the longest option,
+    so every option is scored given the same query.
+    """
     text = ep.query.target if text is None else text
-    return self._eos_truncate(self.ids(text), self.lengths.decoder, ep.task,
-                              'targets_truncated', self.target_eos)
+    if not self.query_in_decoder:
+      return self._eos_truncate(self.ids(text), self.lengths.decoder, ep.task,
+                                'targets_truncated', self.target_eos), 0
+    target = [*self.ids(text), EOS_ID] if self.target_eos else list(self.ids(text))
+    # The same cut for every option of a query: all are scored given the same query.
+    longest = max([len(target) - len(self.ids(text))
+                   + len(self.ids(t)) for t in (text, *(ep.query.options or ()))])
+    room = self.lengths.decoder - longest - 2
+    if room < 1:
+      raise ValueError(f'{ep.task}: decoder length {self.lengths.decoder} leaves no room for '
+                       f'"<x> query <y>" before a {longest}-id target (query_in_decoder); '
+                       f'raise the decoder length (data.lengths[2])')
+    query = list(self.ids(ep.query.input))
+    if len(query) > room:
+      self.stats.add(ep.task, 'queries_truncated', warn=True)
+      query = query[:room]
+    return [X_ID, *query, Y_ID, *target], len(query) + 2
 
   def fewshot_ids(self, ep: Episode, budget: int) -> tuple[list[int], int, int]:
     demos = [(self.ids(d.input), self.ids(d.target)) for d in ep.demos]
@@ -155,6 +202,9 @@ class Converter:
     if self.mode != 'concat':
       return self.query_ids(ep), 0, 0
     total = self.lengths.concat
+    if self.query_in_decoder:
+      prefix, used, dropped = self.fewshot_ids(ep, total - 1)
+      return prefix + [EOS_ID], used, dropped
     query = self._eos_truncate([X_ID, *self.ids(ep.query.input)],
                                self.lengths.encoder, ep.task,
                                'queries_truncated')
@@ -166,7 +216,7 @@ class Converter:
   def _rows(self, eps: Sequence[Episode], targets: Sequence[str | None]):
     """Field dict of lists for real rows (shared by every batch kind)."""
     cols: dict[str, list] = {'encoder_inputs': [], 'targets': [],
-                             'hyper_num_used': [], 'hyper_num_dropped': []}
+                             'hyper_num_used': [], 'hyper_num_dropped': [], 'read': []}
     if self.mode == 'hyper':
       cols['hyper_inputs'] = []
     enc_len = self.lengths.concat if self.mode == 'concat' else self.lengths.encoder
@@ -187,13 +237,15 @@ class Converter:
       cols['encoder_inputs'].append(pad_to(enc, enc_len))
       cols['hyper_num_used'].append(used)
       cols['hyper_num_dropped'].append(dropped)
-      cols['targets'].append(pad_to(self.target_ids(ep, text),
-                                    self.lengths.decoder))
+      target, read = self.target_and_read(ep, text)
+      cols['targets'].append(pad_to(target, self.lengths.decoder))
+      cols['read'].append(pad_to([1] * read, self.lengths.decoder))
     return cols
 
   def _finish(self, cols: dict, batch_size: int) -> dict[str, np.ndarray]:
     n = len(cols['targets'])
     out = {}
+    read = cols.pop('read', None)
     for k, rows in cols.items():
       if k in ('encoder_inputs', 'hyper_inputs', 'targets'):
         arr = np.stack(rows).astype(np.int32)
@@ -211,12 +263,18 @@ class Converter:
     out['decoder_inputs'] = np.concatenate(
         [np.full((batch_size, 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
     out['target_weights'] = (targets != PAD_ID).astype(np.float32)
+    if read:  # query_in_decoder: the decoder reads these positions, it is not scored on them
+      mask = np.zeros_like(targets, bool)
+      mask[:n] = np.stack(read).astype(bool)
+      out['target_weights'][mask] = 0.0
     return out
 
   def train_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
     """A training batch: one row per episode."""
     if self.recall_slots:
       return self._recall_batch(eps)
+    if self.decoder_recall:
+      return self._decoder_recall_batch(eps)
     return self._finish(self._rows(eps, [None] * len(eps)), len(eps))
 
   def _recall_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
@@ -234,9 +292,7 @@ class Converter:
     cols: dict[str, list] = {'encoder_inputs': [], 'targets': [],
                              'hyper_num_used': [], 'hyper_num_dropped': []}
     for ep in eps:
-      # A pure function of the episode (its demonstrations are the step's draw).
-      rng = np.random.default_rng([ep.task_index, ep.example_index,
-                                   _stable_hash(' '.join(d.input for d in ep.demos))])
+      rng = _episode_rng(ep)
       m = int(rng.integers(min(self.recall_slots, len(ep.demos)) + 1))
       masked = sorted(rng.choice(len(ep.demos), size=m, replace=False).tolist())
       query = self._eos_truncate([X_ID, *self.ids(ep.query.input)], self.lengths.encoder,
@@ -265,9 +321,51 @@ class Converter:
       cols['hyper_num_dropped'].append(0)
     return self._finish(cols, len(eps))
 
+  def _decoder_recall_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:
+    """query_in_decoder rows that teach up to 1 + `decoder_recall` lookups each.
+
+    The last m demonstrations (m uniform in 0..`decoder_recall`) leave the
+    encoder and are read by the decoder before the query, each scored on its
+    target: `<x> in <y> target <x> in <y> target ... <x> query <y> target </s>`.
+    Each moved target is revealed only by the demonstrations left in the
+    encoder. Rows with m = 0 are the evaluation format. A demonstration whose
+    item would not fit the decoder stays in the encoder.
+    """
+    cols: dict[str, list] = {'encoder_inputs': [], 'targets': [], 'read': [],
+                             'hyper_num_used': [], 'hyper_num_dropped': []}
+    for ep in eps:
+      rng = _episode_rng(ep)
+      m = int(rng.integers(min(self.decoder_recall, max(len(ep.demos) - 1, 0)) + 1))
+      query, q_read = self.target_and_read(ep)
+      tgt, read = [], []
+      moved = ep.demos[len(ep.demos) - m:] if m else ()
+      kept = list(ep.demos[:len(ep.demos) - m])
+      for d in moved:
+        head, tail = [X_ID, *self.ids(d.input), Y_ID], list(self.ids(d.target))
+        if len(tgt) + len(head) + len(tail) + len(query) > self.lengths.decoder:
+          kept.append(d)
+          continue
+        tgt += head + tail
+        read += [1] * len(head) + [0] * len(tail)
+      tgt += query
+      read += [1] * q_read + [0] * (len(query) - q_read)
+      # The evaluation row's encoder (`fewshot_ids`) with the kept demonstrations.
+      prefix, used, dropped = self.fewshot_ids(
+          Episode(ep.task, ep.query, tuple(kept), ep.definition), self.lengths.concat - 1)
+      cols['encoder_inputs'].append(pad_to(prefix + [EOS_ID], self.lengths.concat))
+      cols['targets'].append(pad_to(tgt, self.lengths.decoder))
+      cols['read'].append(pad_to(read, self.lengths.decoder))
+      cols['hyper_num_used'].append(used)
+      cols['hyper_num_dropped'].append(dropped)
+    return self._finish(cols, len(eps))
+
   def generation_batches(self, eps: Sequence[Episode], batch_size: int
                          ) -> Iterator[dict[str, np.ndarray]]:
     """Ordered eval batches, one row per query; the last is padded."""
+    if self.query_in_decoder:
+      # Greedy decoding would start without the query; a forced decoder prefix is not built.
+      raise ValueError('query_in_decoder supports rank classification only: set '
+                       'eval.also_generate=False and evaluate tasks with options')
     for start in range(0, len(eps), batch_size):
       chunk = eps[start:start + batch_size]
       cols = self._rows(chunk, [None] * len(chunk))

@@ -46,7 +46,8 @@ _OPTIONS = {
     'synthetic': {'suite_seed', 'train_tasks_per_family',
                   'heldout_tasks_per_family', 'pool_size', 'max_queries',
                   'task_sampling', 'num_labels', 'many_keys', 'layouts',
-                  'recall_slots', 'train_families'},
+                  'recall_slots', 'train_families', 'query_in_decoder',
+                  'decoder_recall'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -262,7 +263,9 @@ def get_dataset(name: str, split: str = 'train', *, batch_size: int,
                          start_step if split == 'train' else 0)
   lengths = Lengths.make(lengths) if lengths is not None else spec.lengths
   converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats,
-                        recall_slots=ctx.opt('recall_slots', 0) if split == 'train' else 0)
+                        recall_slots=ctx.opt('recall_slots', 0) if split == 'train' else 0,
+                        query_in_decoder=bool(ctx.opt('query_in_decoder', False)),
+                        decoder_recall=ctx.opt('decoder_recall', 0) if split == 'train' else 0)
   if split == 'train':
     if spec.train is None:
       raise ValueError(f'{name} has no training split (evaluation only)')
@@ -284,7 +287,8 @@ def get_eval_tasks(name: str, split: str = 'validation', *, seed: int = 0,
   classification or references for generation), each with `.batches()`."""
   spec, ctx = _context(name, seed, num_shots, data_dir, vocab_path, options)
   lengths = Lengths.make(lengths) if lengths is not None else spec.lengths
-  converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats)
+  converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats,
+                        query_in_decoder=bool(ctx.opt('query_in_decoder', False)))
   return _eval_tasks(spec, ctx, split, converter)
 
 
