@@ -183,7 +183,7 @@ _PATHS = ('model.init_from', 'hyper.init_from', 'hyper.backbone_from', 'data.dat
 
 
 def _same_path(a, b) -> bool:
-  if not (isinstance(a, str) and isinstance(b, str) and a and b) or 'words' in (a, b):
+  if not (isinstance(a, str) and isinstance(b, str) and a and b) or {'words', 'words_compact'} & {a, b}:
     return a == b
   return as_path(a) == as_path(b)
 

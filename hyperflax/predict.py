@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="default: the adapter's target length")
   parser.add_argument('--batch-size', type=int, default=32)
   parser.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
-  parser.add_argument('--vocab', default=None, help="tokenizer override: 'words' or spiece.model")
+  parser.add_argument('--vocab', default=None, help="tokenizer override: 'words', 'words_compact' or spiece.model")
   parser.add_argument('--lengths', type=int, nargs=2, metavar=('ENCODER', 'DECODER'),
                       help="token lengths (default: the adapter's)")
   parser.add_argument('--verbose', '--debug', action='store_true',

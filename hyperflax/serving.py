@@ -62,12 +62,15 @@ def target_log_likelihood(config: T5Config, params, encoder_inputs, decoder_inpu
 
 
 def tokenizer_from(info: dict, override: str | None = None):
-  """The tokenizer a manifest names (or `override`: 'words' or an spiece.model path)."""
+  """The tokenizer a manifest names (or `override`: 'words', 'words_compact' or an
+  spiece.model path)."""
   from hyperflax.data import synthetic, vocab
   if override:
-    return synthetic.word_tokenizer() if override == 'words' else vocab.load_vocabulary(override)
-  if info['kind'] == 'words':
-    return synthetic.word_tokenizer()
+    if override in synthetic.WORD_KINDS:
+      return synthetic.word_tokenizer(override)
+    return vocab.load_vocabulary(override)
+  if info['kind'] in synthetic.WORD_KINDS:
+    return synthetic.word_tokenizer(info['kind'])
   if not info.get('path') or not os.path.exists(info['path']):
     raise FileNotFoundError(f'the adapter was made with the SentencePiece model {info.get("path")}'
                             ', which is not here: pass its copy as the vocabulary (--vocab)')

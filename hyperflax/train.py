@@ -120,6 +120,21 @@ def _check_compatible(meta: dict, config) -> None:
                          f'config asks for {now!r}: use another --workdir')
 
 
+def _check_vocab_fits(config: ml_collections.ConfigDict, tok) -> None:
+  """Ids past the embedding would be clamped by the gather, silently: refuse them."""
+  from hyperflax.training.experiment import t5_config_from
+  try:
+    rows = t5_config_from(config).vocab_size
+  except (OSError, ValueError, KeyError, TypeError):  # init_from problems are reported later
+    return
+  need = int(getattr(tok, 'vocab_size', 0))
+  if rows < need:
+    raise config_check.ConfigError(
+        f'model.vocab_size={rows} is smaller than the {need} ids of the tokenizer '
+        f'data.vocab_path={config.data.get("vocab_path")!r}: set model.overrides.vocab_size '
+        f'to at least {need}')
+
+
 def train(config: ml_collections.ConfigDict, workdir) -> dict:
   """Runs (or resumes) training; returns the final trainable/frozen params and metrics.
 
@@ -133,7 +148,9 @@ def train(config: ml_collections.ConfigDict, workdir) -> dict:
   wd = Workdir(workdir)
   primary = jax.process_index() == 0
   absolute_paths(config)
-  tokenizer = tokenizer_info(tokenizer_of(config))
+  tok = tokenizer_of(config)
+  _check_vocab_fits(config, tok)
+  tokenizer = tokenizer_info(tok)
   if primary:
     wd.lock.acquire()
   try:

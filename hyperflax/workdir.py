@@ -195,7 +195,7 @@ def absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
                        ('hyper', 'backbone_from'), ('data', 'data_dir'), ('data', 'vocab_path')):
     node = config.get(section)
     value = node.get(key) if node is not None else None
-    if isinstance(value, str) and value and value != 'words':
+    if isinstance(value, str) and value and value not in ('words', 'words_compact'):
       node[key] = os.fspath(as_path(value))
   return config
 
@@ -204,7 +204,7 @@ def tokenizer_info(tokenizer) -> dict[str, Any]:
   """kind ('words' | 'sentencepiece'), absolute path and sha256 of a tokenizer."""
   from hyperflax.data import synthetic
   if isinstance(tokenizer, synthetic.WordTokenizer):
-    return {'kind': 'words', 'path': None, 'sha256': None}
+    return {'kind': tokenizer.kind, 'path': None, 'sha256': None}
   return {'kind': 'sentencepiece', 'path': os.fspath(as_path(tokenizer.path)),
           'sha256': file_sha256(tokenizer.path)}
 
@@ -342,8 +342,8 @@ def pin_tokenizer(config: ml_collections.ConfigDict, record: dict | None, where)
     log.warning('%s records no tokenizer (written before run.json existed): using the one '
                 'this environment resolves', where)
     return
-  if info.get('kind') == 'words':
-    config.data.vocab_path = 'words'
+  if info.get('kind') in ('words', 'words_compact'):
+    config.data.vocab_path = info['kind']
     return
   path, sha = info.get('path'), info.get('sha256')
   if path and as_path(path).exists() and file_sha256(path) == sha:

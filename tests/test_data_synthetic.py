@@ -238,3 +238,62 @@ def test_train_families_and_key_last_layouts():
       'heldout_task:lookup', 'heldout_task:category', 'heldout_task:select'}
   with pytest.raises(ValueError, match='train_families'):
     synthetic.SyntheticSuite(train_families=('lookup_pseudo',))
+
+
+def _compact_of(ids, n_words):
+  """The compact id of each original id, by the rule the docstring states (sentinels and
+  <x>/<y>, 32000..32101, follow the words), written out independently of the map."""
+  ids = np.asarray(ids)
+  return np.where(ids >= vocab.NUM_PIECES, ids - vocab.NUM_PIECES + n_words, ids)
+
+
+@pytest.mark.parametrize('mode,options', [
+    ('hyper', {}),
+    ('concat', {'query_in_decoder': True, 'decoder_recall': 4}),
+    ('concat', {'recall_slots': 4}),
+])
+def test_compact_word_ids_are_the_word_batches_renumbered(mode, options):
+  words, compact = synthetic.word_tokenizer('words'), synthetic.word_tokenizer('words_compact')
+  n = len(words._ids) + 3  # pylint: disable=protected-access
+  assert compact.vocab_size == n + vocab.NUM_EXTRA_IDS + 2 < 6000
+  lengths = (192, 136, 56) if options.get('query_in_decoder') else (192, 136, 16)
+  kw = dict(batch_size=8, mode=mode, lengths=lengths, train_tasks_per_family=20, **options)
+  a = registry.get_dataset('synthetic_fewshot', vocab_path='words', **kw).batch(3)
+  b = registry.get_dataset('synthetic_fewshot', vocab_path='words_compact', **kw).batch(3)
+  assert a.keys() == b.keys()
+  specials = 0
+  for k, v in a.items():
+    if v.dtype == np.int32 and k in ('hyper_inputs', 'encoder_inputs', 'decoder_inputs',
+                                     'targets'):
+      np.testing.assert_array_equal(b[k], _compact_of(v, n), err_msg=k)
+      assert b[k].max() < compact.vocab_size
+      specials += int((v >= vocab.NUM_PIECES).sum())
+      for row_a, row_b in zip(v, b[k]):
+        assert compact.decode(row_b) == words.decode(row_a)
+    else:
+      np.testing.assert_array_equal(b[k], v, err_msg=k)
+  assert specials > 0  # the renumbering was exercised
+
+
+def test_compact_word_ids_in_caclm_and_eval_rows():
+  compact = synthetic.word_tokenizer('words_compact')
+  n = len(compact._ids) + 3  # pylint: disable=protected-access
+  a = registry.get_dataset('synthetic_caclm', batch_size=2, vocab_path='words').batch(0)
+  b = registry.get_dataset('synthetic_caclm', batch_size=2, vocab_path='words_compact').batch(0)
+  for k in ('hyper_inputs', 'encoder_inputs', 'targets'):
+    np.testing.assert_array_equal(b[k], _compact_of(a[k], n), err_msg=k)
+  assert (a['hyper_inputs'] == vocab.SEGMENT_A_ID).any()
+  tasks = registry.get_eval_tasks('synthetic_fewshot', 'heldout_families', mode='concat',
+                                  lengths=(192, 136, 16), vocab_path='words_compact',
+                                  max_queries=2, heldout_tasks_per_family=1)
+  batch = next(iter(tasks[0].batches(4)))
+  assert batch['encoder_inputs'].max() < compact.vocab_size
+  assert (batch['encoder_inputs'] == _compact_of(vocab.X_ID, n)).sum() > 0
+
+
+def test_compact_word_ids_refuse_foreign_ids():
+  compact = synthetic.word_tokenizer('words_compact')
+  with pytest.raises(ValueError, match='no row in the compact vocabulary'):
+    compact.to_model_ids(np.array([5, 20000]))
+  with pytest.raises(ValueError, match='expected one of'):
+    synthetic.word_tokenizer('word')

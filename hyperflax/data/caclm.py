@@ -131,8 +131,9 @@ class CaclmStream:
                lengths: Lengths | None = None,
                segments: Segments | None = None, start_step: int = 0,
                name: str = 'caclm', max_fill_docs: int = 64,
-               stats: DataStats | None = None):
+               stats: DataStats | None = None, to_model_ids=None):
     self.docs, self.batch_size, self.seed = docs, batch_size, seed
+    self.to_model_ids = to_model_ids or (lambda ids: ids)  # a compact tokenizer's id map
     self.segments = segments or Segments()
     self.lengths = Lengths.make(lengths) if lengths is not None else Lengths(
         hyper=self.segments.a + self.segments.d + 3,
@@ -168,13 +169,13 @@ class CaclmStream:
       hyper.append(pad_to([SEGMENT_A_ID, *a, SEGMENT_D_ID, *d, EOS_ID], L.hyper))
       enc.append(pad_to([*bb, EOS_ID], L.encoder))
       tgt.append(pad_to(c, L.decoder))
-    targets = np.stack(tgt)
+    targets = np.asarray(self.to_model_ids(np.stack(tgt)), np.int32)
     n = self.batch_size
     return {
-        'hyper_inputs': np.stack(hyper),
+        'hyper_inputs': np.asarray(self.to_model_ids(np.stack(hyper)), np.int32),
         'hyper_num_used': np.full(n, 2, np.int32),
         'hyper_num_dropped': np.zeros(n, np.int32),
-        'encoder_inputs': np.stack(enc),
+        'encoder_inputs': np.asarray(self.to_model_ids(np.stack(enc)), np.int32),
         'decoder_inputs': np.concatenate(
             [np.full((n, 1), PAD_ID, np.int32), targets[:, :-1]], 1),
         'targets': targets,

@@ -123,6 +123,9 @@ class Converter:
     self.query_in_decoder = query_in_decoder
     self.decoder_recall = decoder_recall
     self.tokenizer = tokenizer
+    # A compact id space ('words_compact') maps the marker/sentinel ids of batches
+    # and of the public *_ids methods; word ids are the same in both.
+    self._to_model = getattr(tokenizer, 'to_model_ids', None) or (lambda ids: ids)
     self.lengths = Lengths.make(lengths)
     self.mode = mode
     self.stats = stats or DataStats()
@@ -183,7 +186,7 @@ class Converter:
     if len(query) > room:
       self.stats.add(ep.task, 'queries_truncated', warn=True)
       query = query[:room]
-    return [X_ID, *query, Y_ID, *target], len(query) + 2
+    return self._to_model([X_ID, *query, Y_ID, *target]), len(query) + 2
 
   def fewshot_ids(self, ep: Episode, budget: int) -> tuple[list[int], int, int]:
     demos = [(self.ids(d.input), self.ids(d.target)) for d in ep.demos]
@@ -191,7 +194,7 @@ class Converter:
     ids, used, dropped, def_trunc = fewshot_tokens(demos, definition, budget)
     self.stats.add(ep.task, 'demos_dropped_to_fit', dropped, warn=True)
     self.stats.add(ep.task, 'definitions_truncated', int(def_trunc), warn=True)
-    return ids, used, dropped
+    return self._to_model(ids), used, dropped
 
   def hyper_ids(self, ep: Episode) -> tuple[list[int], int, int]:
     ids, used, dropped = self.fewshot_ids(ep, self.lengths.hyper - 1)
@@ -209,7 +212,7 @@ class Converter:
                                self.lengths.encoder, ep.task,
                                'queries_truncated')
     prefix, used, dropped = self.fewshot_ids(ep, total - len(query))
-    return prefix + query, used, dropped
+    return prefix + self._to_model(query), used, dropped
 
   # ---- batches --------------------------------------------------------------
 
@@ -249,6 +252,7 @@ class Converter:
     for k, rows in cols.items():
       if k in ('encoder_inputs', 'hyper_inputs', 'targets'):
         arr = np.stack(rows).astype(np.int32)
+        arr = np.asarray(self._to_model(arr), np.int32)
       else:
         arr = np.asarray(rows, dtype=bool if k == 'is_padding' else np.int32)
       if n < batch_size:  # pad the last eval batch with all-zero rows

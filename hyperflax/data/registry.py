@@ -345,7 +345,7 @@ def _caclm_stream(spec, ctx, split, batch_size, lengths, start_step):
           tok.encode, start_step * batch_size)
       return _bounded(caclm_lib.CaclmStream(
           docs, batch_size, seed, lengths, segments, start_step, ctx.name,
-          stats=ctx.stats), split, ctx)
+          stats=ctx.stats, to_model_ids=getattr(tok, 'to_model_ids', None)), split, ctx)
   if synthetic_text:
     texts = synthetic.synthetic_documents(ctx.opt('num_docs', 2000),
                                           ctx.opt('suite_seed', 0))
@@ -358,7 +358,7 @@ def _caclm_stream(spec, ctx, split, batch_size, lengths, start_step):
       texts, tok, segments.window, ctx.stats), seed)
   return _bounded(caclm_lib.CaclmStream(
       docs, batch_size, seed, lengths, segments, start_step, ctx.name,
-      stats=ctx.stats), split, ctx)
+      stats=ctx.stats, to_model_ids=getattr(tok, 'to_model_ids', None)), split, ctx)
 
 
 def _bounded(stream, split, ctx):

@@ -373,11 +373,18 @@ class WordTokenizer:
 
   Ids start at 3 (after pad/eos/unk) and stay below the sentinels, so the
   marker/sentinel ids of `vocab` keep their meaning.
+
+  `compact=True` ('words_compact') keeps the word ids and moves the sentinels
+  and the `<x>`/`<y>` markers to just after the words, so a model needs
+  `vocab_size` (~5,400) rows instead of 32,128: the output layer, its
+  cross-entropy and the embedding's optimiser state shrink ~6x. Batches are
+  built with the usual ids and mapped by `to_model_ids` (converters and
+  CACLM do it); `decode` takes model ids.
   """
 
   path = '<synthetic words>'
 
-  def __init__(self):
+  def __init__(self, compact: bool = False):
     words = sorted(set(LABELS + ANIMALS + FOODS + TOOLS + FILLERS + PUNCT +
                        PSEUDO_WORDS))
     # Appended, not merged: the ids above must not move (trained checkpoints).
@@ -385,9 +392,21 @@ class WordTokenizer:
     words += sorted(set(TRAIN_SEPS) - set(words))
     self._ids = {w: i + 3 for i, w in enumerate(words)}
     self._words = {i: w for w, i in self._ids.items()}
+    self.kind = 'words_compact' if compact else 'words'
+    self._id_map = self._from_model = None
+    if compact:
+      n = len(words) + 3
+      specials = np.arange(vocab_lib.NUM_PIECES, vocab_lib.Y_ID + 1)  # sentinels, <x>, <y>
+      # Idempotent (model ids map to themselves), so mapping twice is harmless.
+      self._id_map = np.full(vocab_lib.EMBEDDING_ROWS, -1, np.int32)
+      self._id_map[:n + len(specials)] = np.arange(n + len(specials))
+      self._id_map[specials] = n + np.arange(len(specials))
+      self._from_model = np.concatenate([np.arange(n), specials]).astype(np.int64)
 
   @property
   def vocab_size(self) -> int:
+    if self._from_model is not None:
+      return len(self._from_model)
     return vocab_lib.NUM_PIECES + vocab_lib.NUM_EXTRA_IDS
 
   def encode(self, text: str) -> list[int]:
@@ -400,23 +419,45 @@ class WordTokenizer:
   def encode_batch(self, texts):
     return [self.encode(t) for t in texts]
 
+  def to_model_ids(self, ids):
+    """Ids (words, markers, sentinels; an array or a list) as the model's embedding rows."""
+    if self._id_map is None:
+      return ids
+    arr = np.asarray(ids, np.int64)
+    out = self._id_map[arr]
+    if (out < 0).any():
+      raise ValueError(f'{self.kind}: id {int(arr[out < 0].flat[0])} has no row in the '
+                       'compact vocabulary')
+    return out.tolist() if isinstance(ids, list) else out
+
   def decode(self, ids) -> str:
+    if self._from_model is not None:
+      # Rows past the vocabulary (a model's vocab_size rounded up) decode as <unk>.
+      ids = [int(self._from_model[i]) if 0 <= int(i) < len(self._from_model) else
+             vocab_lib.UNK_ID for i in ids]
     return vocab_lib.decode_with_specials(
         ids, lambda run: ' '.join(self._words.get(i, '<unk>') for i in run))
 
 
-@functools.lru_cache(maxsize=1)
-def word_tokenizer() -> WordTokenizer:
-  return WordTokenizer()
+WORD_KINDS = ('words', 'words_compact')
+
+
+@functools.lru_cache(maxsize=2)
+def word_tokenizer(kind: str = 'words') -> WordTokenizer:
+  if kind not in WORD_KINDS:
+    raise ValueError(f'word tokenizer {kind!r}: expected one of {WORD_KINDS}')
+  return WordTokenizer(compact=kind == 'words_compact')
 
 
 def synthetic_tokenizer(vocab_path: str | os.PathLike | None = None):
   """T5 SentencePiece if its file exists, else `WordTokenizer` (warned).
 
-  `vocab_path='words'` forces the word-level vocabulary.
+  `vocab_path='words'` forces the word-level vocabulary; 'words_compact' the
+  same words with a ~5,400-row id space (set `model.vocab_size` to at least its
+  `vocab_size`).
   """
-  if str(vocab_path) == 'words':
-    return word_tokenizer()
+  if str(vocab_path) in WORD_KINDS:
+    return word_tokenizer(str(vocab_path))
   path = Path(vocab_path) if vocab_path else vocab_lib.default_vocab_path()
   if path.is_file():
     return vocab_lib.load_vocabulary(path)
