@@ -199,9 +199,30 @@ def test_decoder_recall_rows_move_demos_to_the_decoder():
   assert moved_counts == {0, 1, 2, 3}
   with pytest.raises(ValueError, match='query_in_decoder'):
     converters.Converter(CharTok(), Lengths(8, 5, 3), 'concat', decoder_recall=2)
-  with pytest.raises(ValueError, match='concat'):
-    converters.Converter(CharTok(), Lengths(8, 5, 3), 'hyper', query_in_decoder=True,
+  with pytest.raises(ValueError, match='zero_shot'):
+    converters.Converter(CharTok(), Lengths(8, 5, 3), 'zero_shot', query_in_decoder=True,
                          decoder_recall=2)
+  # Hypermodel rows: the hypermodel reads the kept demonstrations, the encoder the query.
+  hyper_recall = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=20),
+                                      'hyper', query_in_decoder=True, decoder_recall=3)
+  seen = set()
+  for n in range(40):
+    ep = fewshot.Episode(f't{n}', Example('q', 'z'),
+                         tuple(Example(i, o) for i, o in answers.items()), None, n, n)
+    b = hyper_recall.train_batch([ep])
+    hyp = [i for i in b['hyper_inputs'][0].tolist() if i]
+    kept = [k for k in answers if c(k)[0] in hyp]
+    moved = [k for k in answers if k not in kept]
+    seen.add(len(moved))
+    assert hyp == [t for k in kept for t in (X, *c(k), Y, *c(answers[k]))] + [EOS]
+    assert [i for i in b['encoder_inputs'][0].tolist() if i] == [*c('q'), EOS]
+    assert b['hyper_num_used'][0] == len(kept)
+    want = [t for k in moved for t in (X, *c(k), Y, *c(answers[k]))] + [X, *c('q'), Y,
+                                                                         *c('z'), EOS]
+    assert b['targets'][0].tolist()[:len(want)] == want
+    assert [t for t, x in zip(b['targets'][0].tolist(), b['target_weights'][0]) if x] == [
+        *(c(answers[k])[0] for k in moved), *c('z'), EOS]
+  assert seen == {0, 1, 2, 3}
   # Hypermodel rows: the downstream's encoder keeps the query, its decoder reads it again.
   hyper = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=10), 'hyper',
                                query_in_decoder=True)

@@ -110,9 +110,9 @@ class Converter:
     if recall_slots and mode != 'concat':
       raise ValueError(f'recall_slots={recall_slots} needs mode "concat" (the '
                        f'demonstrations in the encoder), not {mode!r}')
-    if decoder_recall and mode != 'concat':
-      raise ValueError(f'decoder_recall={decoder_recall} needs mode "concat" (the '
-                       f'demonstrations in the encoder), not {mode!r}')
+    if decoder_recall and mode == 'zero_shot':
+      raise ValueError(f'decoder_recall={decoder_recall} needs demonstrations (mode "concat" '
+                       'or "hyper"), not mode "zero_shot"')
     if decoder_recall and not query_in_decoder:
       raise ValueError('decoder_recall needs query_in_decoder (the rows it adds are in that '
                        'format)')
@@ -333,10 +333,14 @@ class Converter:
     target: `<x> in <y> target <x> in <y> target ... <x> query <y> target </s>`.
     Each moved target is revealed only by the demonstrations left in the
     encoder. Rows with m = 0 are the evaluation format. A demonstration whose
-    item would not fit the decoder stays in the encoder.
+    item would not fit the decoder stays in the encoder. In 'hyper' mode the
+    kept demonstrations are the hypermodel's input and the encoder holds the
+    query, as in that mode's evaluation rows.
     """
     cols: dict[str, list] = {'encoder_inputs': [], 'targets': [], 'read': [],
                              'hyper_num_used': [], 'hyper_num_dropped': []}
+    if self.mode == 'hyper':
+      cols['hyper_inputs'] = []
     for ep in eps:
       rng = _episode_rng(ep)
       m = int(rng.integers(min(self.decoder_recall, max(len(ep.demos) - 1, 0)) + 1))
@@ -353,10 +357,15 @@ class Converter:
         read += [1] * len(head) + [0] * len(tail)
       tgt += query
       read += [1] * q_read + [0] * (len(query) - q_read)
-      # The evaluation row's encoder (`fewshot_ids`) with the kept demonstrations.
-      prefix, used, dropped = self.fewshot_ids(
-          Episode(ep.task, ep.query, tuple(kept), ep.definition), self.lengths.concat - 1)
-      cols['encoder_inputs'].append(pad_to(prefix + [EOS_ID], self.lengths.concat))
+      # The evaluation row's inputs with the kept demonstrations.
+      rest = Episode(ep.task, ep.query, tuple(kept), ep.definition)
+      if self.mode == 'hyper':
+        hyp, used, dropped = self.hyper_ids(rest)
+        cols['hyper_inputs'].append(pad_to(hyp, self.lengths.hyper))
+        cols['encoder_inputs'].append(pad_to(self.query_ids(ep), self.lengths.encoder))
+      else:
+        prefix, used, dropped = self.fewshot_ids(rest, self.lengths.concat - 1)
+        cols['encoder_inputs'].append(pad_to(prefix + [EOS_ID], self.lengths.concat))
       cols['targets'].append(pad_to(tgt, self.lengths.decoder))
       cols['read'].append(pad_to(read, self.lengths.decoder))
       cols['hyper_num_used'].append(used)
