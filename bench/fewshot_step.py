@@ -13,7 +13,11 @@ state donated:
                    query alone (16); only the generator is trained;
   HART             the same with autoregressive prefixes, fusion-in-decoder
                    and the consistency loss (alpha 1).
-All three read the same examples (one seed), so the same real tokens. Tokens/s
+All three read the same examples (one seed), so the same real tokens.
+`--compact_vocab` instead times T5-MTF-Few-shot in issue 13's format (word-level
+vocabulary, query and up to 8 lookups in the decoder, lengths 136/12/56) with
+the word ids in the 32,128-row space ('words') against 'words_compact' (5,229
+ids; model.vocab_size 5,248): the same tokens, renumbered. Tokens/s
 counts non-padding input tokens (hypermodel + downstream) and targets, as
 `hyperflax.train` logs them. Repetitions are interleaved: read the ratios.
 """
@@ -42,14 +46,23 @@ CONTESTANTS = (('T5-MTF-Few-shot', 't5_mtf_fewshot', 'prefix'),
                ('HART', 'hypermodel', 'hart'))
 
 
-def build(method: str, kind: str, seed: int = 0):
+QD_FORMAT = {'data.lengths': (136, 12, 56), 'eval.also_generate': False,
+             'data.options': {'train_tasks_per_family': 2000, 'pool_size': 32, 'num_labels': 12,
+                              'query_in_decoder': True, 'decoder_recall': 8}}
+VOCAB_CONTESTANTS = (
+    ('words (32,128 rows)', 't5_mtf_fewshot', 'prefix', {**QD_FORMAT, 'data.vocab_path': 'words'}),
+    ('words_compact', 't5_mtf_fewshot', 'prefix',
+     {**QD_FORMAT, 'data.vocab_path': 'words_compact', 'model.overrides.vocab_size': 5248}))
+
+
+def build(method: str, kind: str, seed: int = 0, overrides=None):
   """(step callable, host batch, trainable count, frozen count, XLA FLOPs)."""
   from hyperflax.demo import stage_config
   from hyperflax.train import train_stream
   from hyperflax.training.experiment import Experiment
   from hyperflax.training.optim import make_optimizer
   from hyperflax.training.step import create_state, make_train_step
-  config = stage_config(method, kind, steps=1000, seed=seed)
+  config = stage_config(method, kind, steps=1000, seed=seed, **(overrides or {}))
   exp = Experiment.from_config(config)
   host = next(train_stream(config, exp, 0))
   batch = jax.tree.map(jnp.asarray, host)
@@ -72,16 +85,19 @@ def main(argv=None) -> None:
   ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   ap.add_argument('--quick', action='store_true', help='fewer repetitions (< 2 min)')
   ap.add_argument('--reps', type=int, default=None, help='timed repetitions per contestant')
+  ap.add_argument('--compact_vocab', action='store_true',
+                  help="T5-MTF-Few-shot with 'words' against 'words_compact' ids")
   args = ap.parse_args(argv)
   warnings.filterwarnings('ignore')
   reps = args.reps or (5 if args.quick else 20)
   print(f'jax {jax.__version__} ({jax.devices()[0].platform}), {os.cpu_count()} CPUs, '
         f'load average {os.getloadavg()[0]:.1f}')
   t0 = time.perf_counter()
-  built = {label: build(method, kind) for label, method, kind in CONTESTANTS}
+  contestants = VOCAB_CONTESTANTS if args.compact_vocab else [c + ({},) for c in CONTESTANTS]
+  built = {label: build(method, kind, overrides=o) for label, method, kind, o in contestants}
   print(f'build + compile {time.perf_counter() - t0:.0f}s; demo config, batch 16, K=16, fp32')
   times = interleave({label: b[0] for label, b in built.items()}, reps, warmup=2)
-  base = CONTESTANTS[0][0]
+  base = contestants[0][0]
   print(f'{"method":16} {"trainable":>10} {"frozen":>10} {"inputs":>10} {"tokens":>7} '
         f'{"GFLOP":>6} {"ms/step":>8} {"tokens/s":>9} {"GFLOP/s":>8} {"time vs " + base:>24}')
   for label, (_, host, n_train, n_frozen, flops) in built.items():

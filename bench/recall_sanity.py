@@ -38,31 +38,49 @@ from hyperflax.model.config import T5Config  # noqa: E402
 PAD, EOS, SEP = 0, 1, 2
 
 
-def make_rows(rng, batch, pairs, key_ids, value_ids, queries=1, min_pairs=None):
-  """[batch, 2*pairs+1+queries] encoder ids (padded), [batch, queries] answer ids.
+def make_rows(rng, batch, pairs, key_ids, value_ids, queries=1, min_pairs=None,
+              repeats=1, filler_ids=None, row_values=0):
+  """[batch, width*pairs*repeats+1+queries] encoder ids (padded), [batch, queries] answers.
 
-  A row holds between `min_pairs` and `pairs` pairs (default: exactly `pairs`).
+  A row holds between `min_pairs` and `pairs` keys (default: exactly `pairs`), each
+  stated `repeats` times in shuffled order; with `filler_ids` an item is `key filler
+  value` (the suite's `<key> <n>` inputs); with `row_values` the row's values come
+  from that many values (the suite's lookup: 4 keys, 3 labels, 16 demonstrations).
   """
-  enc = np.zeros((batch, 2 * pairs + 1 + queries), np.int32)
+  width = 3 if filler_ids is not None else 2
+  enc = np.zeros((batch, width * pairs * repeats + 1 + queries), np.int32)
   ans = np.zeros((batch, queries), np.int32)
   for b in range(batch):
     n = pairs if min_pairs is None else int(rng.integers(min_pairs, pairs + 1))
     keys = rng.choice(key_ids, size=n, replace=False)
-    vals = rng.choice(value_ids, size=n, replace=True)
-    enc[b, 0:2 * n:2], enc[b, 1:2 * n:2] = keys, vals
-    enc[b, 2 * n] = SEP
+    pool = rng.choice(value_ids, size=row_values, replace=False) if row_values else value_ids
+    vals = rng.choice(pool, size=n, replace=True)
+    order = rng.permutation(np.repeat(np.arange(n), repeats))
+    items = [[keys[j], *([rng.choice(filler_ids)] if width == 3 else []), vals[j]]
+             for j in order]
+    flat = [t for item in items for t in item]
+    enc[b, :len(flat)] = flat
+    enc[b, len(flat)] = SEP
     q = rng.integers(n, size=queries)
-    enc[b, 2 * n + 1:2 * n + 1 + queries], ans[b] = keys[q], vals[q]
+    enc[b, len(flat) + 1:len(flat) + 1 + queries], ans[b] = keys[q], vals[q]
   return enc, ans
 
 
 def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_every, log,
-        queries=1, min_pairs=None, decoder_queries=False, then_encoder_steps=0):
+        queries=1, min_pairs=None, decoder_queries=False, then_encoder_steps=0,
+        repeats=1, fillers=0, row_values=0, then_fillers=0, then_steps=0):
   heldout_keys = 64
   key_ids = np.arange(3, 3 + n_keys)
   new_keys = np.arange(3 + n_keys, 3 + n_keys + heldout_keys)
   value_ids = np.arange(3 + n_keys + heldout_keys, 3 + n_keys + heldout_keys + n_values)
-  vocab = int(value_ids[-1]) + 1
+  filler_ids = np.arange(int(value_ids[-1]) + 1, int(value_ids[-1]) + 1 + fillers) \
+      if fillers else None
+  layout = dict(repeats=repeats, filler_ids=filler_ids, row_values=row_values)
+  # A second phase (`then_steps`) with `then_fillers` filler ids between key and value.
+  later = dict(layout, filler_ids=(np.arange(int(value_ids[-1]) + 1,
+                                             int(value_ids[-1]) + 1 + then_fillers)
+                                   if then_fillers else None))
+  vocab = int(value_ids[-1]) + 1 + max(fillers, then_fillers)
   cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model,
                  num_heads=4, num_layers=layers, num_decoder_layers=layers, dropout_rate=0.0)
   model = transformer.T5(cfg)
@@ -118,15 +136,22 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
 
   rng = np.random.default_rng(seed)
   eval_rng = np.random.default_rng(seed + 1000)
-  evals = {name: make_rows(eval_rng, 512, pairs, ids, value_ids)
-           for name, ids in (('trained_keys', key_ids), ('new_keys', new_keys))}
+  eval_sets = [{name: make_rows(eval_rng, 512, pairs, ids, value_ids, **lay)
+                for name, ids in (('trained_keys', key_ids), ('new_keys', new_keys))}
+               for lay in (layout, later)]
   curve, t0, losses = [], time.time(), []
-  for i in range(1, steps + then_encoder_steps + 1):
-    dq = decoder_queries and i <= steps
-    enc, ans = make_rows(rng, batch, pairs, key_ids, value_ids, queries, min_pairs)
+  if then_steps and then_encoder_steps:
+    raise ValueError('then_steps and then_encoder_steps are two different second phases')
+  total = steps + then_encoder_steps + then_steps
+  for i in range(1, total + 1):
+    phase2 = then_steps and i > steps
+    evals = eval_sets[1 if phase2 else 0]
+    dq = decoder_queries and (i <= steps or bool(phase2))
+    enc, ans = make_rows(rng, batch, pairs, key_ids, value_ids, queries, min_pairs,
+                         **(later if phase2 else layout))
     params, opt, loss = step(params, opt, enc, ans, dq)
     losses.append(float(loss))
-    if i % eval_every == 0 or i == steps + then_encoder_steps:
+    if i % eval_every == 0 or i == total:
       row = {'step': i, 'loss': float(np.mean(losses[-eval_every:])), 'seconds': time.time() - t0,
              'decoder_queries': dq}
       for name, (e, a) in evals.items():
@@ -139,7 +164,9 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
                          lr=lr, seed=seed, layers=layers, d_model=d_model, vocab=vocab,
                          queries=queries, min_pairs=min_pairs,
                          decoder_queries=decoder_queries,
-                         then_encoder_steps=then_encoder_steps),
+                         then_encoder_steps=then_encoder_steps, repeats=repeats,
+                         then_steps=then_steps, then_fillers=then_fillers,
+                         fillers=fillers, row_values=row_values),
           'chance': 100.0 / n_values, 'curve': curve}
 
 
@@ -210,6 +237,15 @@ def main(argv=None):
                        'the encoder: binding is then one cross-attention lookup')
   ap.add_argument('--then_encoder_steps', type=int, default=0,
                   help='after --steps, this many steps with the queries back in the encoder')
+  ap.add_argument('--repeats', type=int, default=1,
+                  help='each pair is stated this many times, shuffled (the suite: 4 keys x ~4)')
+  ap.add_argument('--fillers', type=int, default=0,
+                  help='items are `key filler value` with one of this many filler ids')
+  ap.add_argument('--row_values', type=int, default=0,
+                  help="a row's values come from this many values (the suite's lookup: 3)")
+  ap.add_argument('--then_steps', type=int, default=0,
+                  help='after --steps, this many steps with --then_fillers fillers (a curriculum)')
+  ap.add_argument('--then_fillers', type=int, default=0)
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--lr', type=float, default=1e-3)
   ap.add_argument('--layers', type=int, default=2)
@@ -228,7 +264,8 @@ def main(argv=None):
     return
   res = run(a.steps, a.pairs, a.keys, a.values, a.batch, a.lr, a.seed, a.layers, a.d_model,
             a.eval_every, lambda s: print(s, flush=True), a.queries,
-            a.min_pairs, a.decoder_queries, a.then_encoder_steps)
+            a.min_pairs, a.decoder_queries, a.then_encoder_steps, a.repeats, a.fillers,
+            a.row_values, a.then_fillers, a.then_steps)
   if a.out:
     Path(a.out).write_text(json.dumps(res, indent=1))
 

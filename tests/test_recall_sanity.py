@@ -39,3 +39,22 @@ def test_rows_hold_the_map_they_ask_about():
     assert 2 <= len(pairs) <= 4 and set(pairs) <= set(keys.tolist())
     assert [pairs[q] for q in row[sep + 1:sep + 4].tolist()] == a.tolist()
     assert not row[sep + 4:].any()
+
+
+def test_suite_like_rows_repeat_keys_with_one_value_and_a_filler_between():
+  import numpy as np
+  rng = np.random.default_rng(1)
+  keys, values, fillers = np.arange(3, 43), np.arange(107, 119), np.arange(119, 122)
+  enc, ans = recall_sanity.make_rows(rng, 32, 4, keys, values, queries=2, repeats=4,
+                                     filler_ids=fillers, row_values=3)
+  for row, a in zip(enc, ans):
+    sep = int(np.where(row == recall_sanity.SEP)[0][0])
+    assert sep == 4 * 4 * 3  # 4 keys x 4 statements x (key, filler, value)
+    items = row[:sep].reshape(-1, 3)
+    assert set(items[:, 1].tolist()) <= set(fillers.tolist())
+    stated = {}
+    for k, _, v in items.tolist():
+      assert stated.setdefault(k, v) == v  # a key always has the same value
+    assert len(stated) == 4 and len(set(stated.values())) <= 3
+    assert all(list(items[:, 0]).count(k) == 4 for k in stated)
+    assert [stated[q] for q in row[sep + 1:sep + 3].tolist()] == a.tolist()
