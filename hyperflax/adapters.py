@@ -190,35 +190,52 @@ def from_generated(peft, aux: dict, manifest: dict, downstream: tuple | None = N
 
 # ---- files ---------------------------------------------------------------------
 
+# Adapter directories may be URLs (gs://, s3://) like workdirs: every file goes
+# through epath, written atomically, tensors before the manifest that names them.
+
+def _path(path):
+  from hyperflax.workdir import as_path
+  return as_path(path)
+
+
+def _write(path, data: str | bytes) -> None:
+  from hyperflax.workdir import write_atomic
+  write_atomic(path, data)
+
+
 def save_adapter(adapter: Adapter, out_dir: str) -> str:
-  from safetensors.numpy import save_file
-  os.makedirs(out_dir, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v) for k, v in adapter.tensors.items()},
-            os.path.join(out_dir, TENSORS_FILE), metadata={'format': FORMAT})
-  with open(os.path.join(out_dir, MANIFEST_FILE), 'w') as f:
-    json.dump(adapter.manifest, f, indent=2, sort_keys=True)
+  from safetensors.numpy import save
+  out = _path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  _write(out / TENSORS_FILE, save({k: np.ascontiguousarray(v) for k, v in adapter.tensors.items()},
+                                  metadata={'format': FORMAT}))
+  _write(out / MANIFEST_FILE, json.dumps(adapter.manifest, indent=2, sort_keys=True))
   return out_dir
 
 
 def load_adapter(path: str) -> Adapter:
-  """Reads an adapter directory written by `save_adapter`."""
-  from safetensors.numpy import load_file
-  manifest_path = os.path.join(path, MANIFEST_FILE)
-  if not os.path.exists(manifest_path):
+  """Reads an adapter directory written by `save_adapter` (a local path or a URL)."""
+  from safetensors.numpy import load
+  manifest_path = _path(path) / MANIFEST_FILE
+  if not manifest_path.exists():
     hint = (' (this is a PEFT directory: use adapters.import_peft)'
-            if os.path.exists(os.path.join(path, PEFT_CONFIG_FILE)) else '')
+            if (_path(path) / PEFT_CONFIG_FILE).exists() else '')
     raise FileNotFoundError(f'{path}: no {MANIFEST_FILE}; not a hyperflax adapter{hint}')
-  with open(manifest_path) as f:
-    manifest = json.load(f)
+  try:
+    manifest = json.loads(manifest_path.read_text())
+  except ValueError as e:
+    raise ValueError(f'{manifest_path}: not JSON ({e})') from None
   if manifest.get('format') != FORMAT or manifest.get('format_version', 0) > FORMAT_VERSION:
     raise ValueError(f'{manifest_path}: format {manifest.get("format")!r} version '
                      f'{manifest.get("format_version")!r} is not readable by this hyperflax '
                      f'(it reads {FORMAT!r} versions 1-{FORMAT_VERSION})')
+  tensors_path = _path(path) / TENSORS_FILE
   try:
-    tensors = load_file(os.path.join(path, TENSORS_FILE))
+    tensors = load(tensors_path.read_bytes())
+  except FileNotFoundError:
+    raise FileNotFoundError(f'{tensors_path}: missing (the manifest names it)') from None
   except Exception as e:  # SafetensorError names no file
-    raise ValueError(f'{os.path.join(path, TENSORS_FILE)}: unreadable safetensors file '
-                     f'({e})') from None
+    raise ValueError(f'{tensors_path}: unreadable safetensors file ({e})') from None
   return Adapter(dict(tensors), manifest)
 
 
@@ -308,7 +325,7 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
   Raises:
     ValueError: for fusion-in-decoder and prefix adapters (not expressible).
   """
-  from safetensors.numpy import save_file
+  from safetensors.numpy import save
   if adapter.has_fusion:
     raise ValueError(f'{adapter.kind} adapter uses fusion-in-decoder (the downstream decoder '
                      'cross-attends to stored hypermodel states): PEFT has no equivalent. '
@@ -338,8 +355,9 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
   source = (adapter.manifest.get('downstream') or {}).get('source')
   if base_model_name_or_path is None and source and os.path.isdir(source):
     base_model_name_or_path = source  # where PEFT users find the matching T5
-  os.makedirs(out_dir, exist_ok=True)
-  save_file(tensors, os.path.join(out_dir, PEFT_WEIGHTS_FILE), metadata={'format': 'pt'})
+  out = _path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  _write(out / PEFT_WEIGHTS_FILE, save(tensors, metadata={'format': 'pt'}))
   config = {
       'peft_type': 'LORA', 'task_type': 'SEQ_2_SEQ_LM', 'r': rank, 'lora_alpha': rank,
       'lora_dropout': 0.0, 'bias': 'none', 'fan_in_fan_out': False, 'use_rslora': False,
@@ -347,10 +365,9 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
       'inference_mode': True, 'init_lora_weights': True, 'rank_pattern': {},
       'alpha_pattern': {}, 'base_model_name_or_path': base_model_name_or_path,
   }
-  with open(os.path.join(out_dir, PEFT_CONFIG_FILE), 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
-  with open(os.path.join(out_dir, 'hyperflax_manifest.json'), 'w') as f:
-    json.dump(adapter.manifest, f, indent=2, sort_keys=True)  # provenance only
+  _write(out / PEFT_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+  _write(out / 'hyperflax_manifest.json',  # provenance only
+         json.dumps(adapter.manifest, indent=2, sort_keys=True))
   return out_dir
 
 
@@ -372,14 +389,13 @@ def import_peft(peft_dir: str, config: T5Config) -> Adapter:
   layers PEFT leaves out get zero factors (an exact identity), and ranks that
   differ per module (rank_pattern) are zero-padded to the largest.
   """
-  from safetensors.numpy import load_file
-  with open(os.path.join(peft_dir, PEFT_CONFIG_FILE)) as f:
-    cfg = json.load(f)
+  from safetensors.numpy import load
+  cfg = json.loads((_path(peft_dir) / PEFT_CONFIG_FILE).read_text())
   if cfg.get('peft_type') != 'LORA' or cfg.get('use_dora') or cfg.get('bias', 'none') != 'none':
     raise ValueError(f'{peft_dir}: only plain LoRA (no DoRA, bias="none") can be imported; '
                      f'got peft_type={cfg.get("peft_type")!r}')
   found: dict = {}
-  for name, value in load_file(os.path.join(peft_dir, PEFT_WEIGHTS_FILE)).items():
+  for name, value in load((_path(peft_dir) / PEFT_WEIGHTS_FILE).read_bytes()).items():
     m = _PEFT_NAME.search(name)
     if m is None:
       raise ValueError(f'{peft_dir}: tensor {name!r} is not a LoRA factor of a T5 q/v map')

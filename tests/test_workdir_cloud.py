@@ -129,3 +129,28 @@ def test_lock_and_atomic_writes_on_gcs(mock_gcs):
     workdir_lib.Workdir('gs://bucket/locked').lock.acquire()
   workdir_lib.write_atomic('gs://bucket/locked/x.json', '{"a": 1}')
   assert workdir_lib.read_json('gs://bucket/locked/x.json') == {'a': 1}
+
+
+def test_adapters_and_peft_exports_go_to_the_bucket(mock_gcs, tmp_path_factory):
+  from hyperflax import adapters, hypertune
+  from hyperflax.data.examples import Example
+  base = fh.trained_workdir(tmp_path_factory)
+  with fh.env(HYPERFLAX_DATA_DIR=base['data']):
+    hm = hypertune.load_hypermodel(base['workdir'])
+    adapter = hypertune.hypertune(hm, [Example('a cat 12', 'red'), Example('a dog 13', 'blue')])
+  adapters.save_adapter(adapter, 'gs://bucket/adapters/t0')
+  stored = mock_gcs / 'bucket' / 'adapters' / 't0'
+  assert (stored / adapters.MANIFEST_FILE).is_file() and (stored / adapters.TENSORS_FILE).is_file()
+  back = adapters.load_adapter('gs://bucket/adapters/t0')
+  assert back.manifest == adapter.manifest and back.tensors.keys() == adapter.tensors.keys()
+  for name, value in adapter.tensors.items():
+    np.testing.assert_array_equal(back.tensors[name], value)
+  adapters.export_peft(adapter, 'gs://bucket/peft/t0')
+  assert (mock_gcs / 'bucket' / 'peft' / 't0' / adapters.PEFT_CONFIG_FILE).is_file()
+  imported = adapters.import_peft('gs://bucket/peft/t0', hm.t5_config)
+  local = adapters.import_peft(adapters.export_peft(adapter, str(tmp_path_factory.mktemp('p'))),
+                               hm.t5_config)
+  for name, value in local.tensors.items():
+    np.testing.assert_array_equal(imported.tensors[name], value)
+  with pytest.raises(FileNotFoundError, match='gs://bucket/adapters/none: no'):
+    adapters.load_adapter('gs://bucket/adapters/none')
