@@ -56,7 +56,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = 'p3_t0_train'       # a name from `hyperflax.data.names()`
   c.data.data_dir = ''              # root of the data layout ('' = $HYPERFLAX_DATA_DIR or ../shared/data)
-  c.data.vocab_path = ''            # spiece.model ('' = <data_dir>/t5/spiece.model)
+  # spiece.model ('' = <data_dir>/t5/spiece.model); the synthetic suite also takes 'words'
+  # (its word-level vocabulary) and 'words_compact' (the same words in 5,229 ids: set
+  # model.overrides.vocab_size to at least that, e.g. 5248)
+  c.data.vocab_path = ''
   c.data.batch_size = 256
   c.data.num_shots = 16
   c.data.lengths = (1024, 384, 128)  # hypermodel input, downstream input, target
