@@ -129,6 +129,24 @@ def guard(body: Callable[[], int | None], verbose: bool, prog: str = '') -> int:
     return report(e, verbose, prog)
 
 
+def _raise_unknown_override(e: BaseException, argv: Sequence[str]):
+  """ml_collections raises a bare AttributeError/KeyError naming only the last part of an
+  override path that does not exist (e.g. a new key in a free-form section such as
+  model.overrides); name the flag instead."""
+  if _misspelled_override(e):
+    raise e
+  name = str(e.args[0] if e.args else e).strip('\'"')
+  for arg in argv:
+    flag = arg.split('=', 1)[0]
+    if flag.startswith('--config.') and flag.rsplit('.', 1)[-1] == name:
+      section = flag[len('--config.'):].rsplit('.', 1)[0]
+      raise ValueError(f'{flag}: the config has no field {name!r} under {section!r}; '
+                       '--config.* overrides can only change fields the config file '
+                       'defines (add free-form keys such as model.overrides in the config '
+                       'file)') from None
+  raise e
+
+
 def absl_main(doc: str, define: Callable, body: Callable, argv: Sequence[str] | None = None,
               prog: str = '', required: Sequence[str] = ()) -> int:
   """An absl-flags entry point with a fresh `FlagValues` (so it can run in-process
@@ -151,6 +169,8 @@ def absl_main(doc: str, define: Callable, body: Callable, argv: Sequence[str] | 
     sys.argv = argv  # ml_collections reads the --config.* overrides from sys.argv
     try:
       fv(argv)
+    except (AttributeError, KeyError) as e:
+      _raise_unknown_override(e, argv)
     finally:
       sys.argv = saved
     missing = [f'--{n}' for n in required if fv[n].value is None]

@@ -64,6 +64,10 @@ CASES = [
     ('misspelled override', lambda e: _train(f'--workdir={e["dir"]}/w',
                                              '--config.trian.num_steps=3'),
      ["unknown field 'trian'", 'Did you mean "train"']),
+    ('new key in a free-form section', lambda e: _train(
+        f'--workdir={e["dir"]}/w', '--config.model.overrides.vocab_size=512'),
+     ["--config.model.overrides.vocab_size: the config has no field 'vocab_size' under "
+      "'model.overrides'"]),
     ('missing config file', lambda e: ('train', ['train', '--config=configs/nope.py',
                                                  f'--workdir={e["dir"]}/w']),
      ['--config=configs/nope.py: no such config file']),
