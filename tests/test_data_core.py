@@ -173,28 +173,43 @@ def test_query_in_decoder_rows_score_only_targets():
          .choice_batches([long_ep], 2))
 
 
+ANSWERS = {'a': 'b', 'c': 'd', 'e': 'f', 'g': 'h'}
+
+
+def _recall_rows(conv, field):
+  """(episode, batch, kept, moved) for 40 episodes of one task; `kept`: the
+  demonstrations whose input is in `field`, `moved`: the rest."""
+  c = CharTok().encode
+  for n in range(40):
+    ep = fewshot.Episode(f't{n}', Example('q', 'z'),
+                         tuple(Example(i, o) for i, o in ANSWERS.items()), None, n, n)
+    b = conv.train_batch([ep])
+    present = [i for i in b[field][0].tolist() if i]
+    kept = [k for k in ANSWERS if c(k)[0] in present]
+    yield ep, b, kept, [k for k in ANSWERS if k not in kept]
+
+
+def _decoder_lookups(moved):
+  """The decoder row: each moved demonstration, then the query, as `<x> in <y> out`."""
+  c = CharTok().encode
+  return [t for k in moved for t in (X, *c(k), Y, *c(ANSWERS[k]))] + [X, *c('q'), Y,
+                                                                      *c('z'), EOS]
+
+
 def test_decoder_recall_rows_move_demos_to_the_decoder():
   c = CharTok().encode
-  answers = {'a': 'b', 'c': 'd', 'e': 'f', 'g': 'h'}
   conv = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=20), 'concat',
                               query_in_decoder=True, decoder_recall=3)
   moved_counts = set()
-  for n in range(40):
-    ep = fewshot.Episode(f't{n}', Example('q', 'z'),
-                         tuple(Example(i, o) for i, o in answers.items()), None, n, n)
-    b = conv.train_batch([ep])
-    enc = [i for i in b['encoder_inputs'][0].tolist() if i]
+  for ep, b, kept, moved in _recall_rows(conv, 'encoder_inputs'):
     tgt, w = b['targets'][0].tolist(), b['target_weights'][0].tolist()
-    kept = [k for k in answers if c(k)[0] in enc]
-    moved = [k for k in answers if k not in kept]
     moved_counts.add(len(moved))
-    assert kept == list(answers)[:len(kept)]  # the last m demonstrations move
-    want = [t for k in moved for t in (X, *c(k), Y, *c(answers[k]))] + [X, *c('q'), Y,
-                                                                         *c('z'), EOS]
+    assert kept == list(ANSWERS)[:len(kept)]  # the last m demonstrations move
+    want = _decoder_lookups(moved)
     assert tgt[:len(want)] == want and not any(tgt[len(want):])
     # Scored: each moved target, the query's target and EOS; read: the rest.
     scored = [t for t, x in zip(tgt, w) if x]
-    assert scored == [*(c(answers[k])[0] for k in moved), *c('z'), EOS]
+    assert scored == [*(c(ANSWERS[k])[0] for k in moved), *c('z'), EOS]
     assert (conv.train_batch([ep])['targets'] == b['targets']).all()
   assert moved_counts == {0, 1, 2, 3}
   with pytest.raises(ValueError, match='query_in_decoder'):
@@ -206,22 +221,16 @@ def test_decoder_recall_rows_move_demos_to_the_decoder():
   hyper_recall = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=20),
                                       'hyper', query_in_decoder=True, decoder_recall=3)
   seen = set()
-  for n in range(40):
-    ep = fewshot.Episode(f't{n}', Example('q', 'z'),
-                         tuple(Example(i, o) for i, o in answers.items()), None, n, n)
-    b = hyper_recall.train_batch([ep])
-    hyp = [i for i in b['hyper_inputs'][0].tolist() if i]
-    kept = [k for k in answers if c(k)[0] in hyp]
-    moved = [k for k in answers if k not in kept]
+  for ep, b, kept, moved in _recall_rows(hyper_recall, 'hyper_inputs'):
     seen.add(len(moved))
-    assert hyp == [t for k in kept for t in (X, *c(k), Y, *c(answers[k]))] + [EOS]
+    hyp = [i for i in b['hyper_inputs'][0].tolist() if i]
+    assert hyp == [t for k in kept for t in (X, *c(k), Y, *c(ANSWERS[k]))] + [EOS]
     assert [i for i in b['encoder_inputs'][0].tolist() if i] == [*c('q'), EOS]
     assert b['hyper_num_used'][0] == len(kept)
-    want = [t for k in moved for t in (X, *c(k), Y, *c(answers[k]))] + [X, *c('q'), Y,
-                                                                         *c('z'), EOS]
+    want = _decoder_lookups(moved)
     assert b['targets'][0].tolist()[:len(want)] == want
     assert [t for t, x in zip(b['targets'][0].tolist(), b['target_weights'][0]) if x] == [
-        *(c(answers[k])[0] for k in moved), *c('z'), EOS]
+        *(c(ANSWERS[k])[0] for k in moved), *c('z'), EOS]
   assert seen == {0, 1, 2, 3}
   # Hypermodel rows: the downstream's encoder keeps the query, its decoder reads it again.
   hyper = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=10), 'hyper',
