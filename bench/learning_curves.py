@@ -52,22 +52,23 @@ def _value(text: str):
 
 
 def config_for(model: str, steps: int, seed: int, overrides: dict, downstream: str = ''):
-  formats = [bool((overrides.get(k) or {}).get('query_in_decoder'))
-             for k in ('data.options', 'eval.options')]
-  if formats[0] != formats[1]:  # training and scoring in different formats would be silent
-    raise ValueError('query_in_decoder must be set in both data.options and eval.options')
+  """The run's config, validated (`config_check`: e.g. query_in_decoder in only one of
+  data.options / eval.options is refused before anything trains)."""
+  from hyperflax import config_check
   o = {'optim.schedule': 'constant', 'optim.warmup_steps': 100, **overrides}
   if model == 't5_mtf':
-    return demo.stage_config('t5_mtf', steps=steps, seed=seed, **o)
-  if model == 'fewshot':
+    cfg = demo.stage_config('t5_mtf', steps=steps, seed=seed, **o)
+  elif model == 'fewshot':
     if downstream:
       o.setdefault('model.init_from', downstream)
-    return demo.stage_config('t5_mtf_fewshot', steps=steps, seed=seed, **o)
-  _, kind, extra = demo.VARIANTS[model]
-  if not downstream:
-    raise ValueError(f'--model={model} needs --downstream (a frozen T5 directory)')
-  return demo.stage_config('hypermodel', kind, steps, seed,
-                           **{'model.init_from': downstream, **extra, **o})
+    cfg = demo.stage_config('t5_mtf_fewshot', steps=steps, seed=seed, **o)
+  else:
+    _, kind, extra = demo.VARIANTS[model]
+    if not downstream:
+      raise ValueError(f'--model={model} needs --downstream (a frozen T5 directory)')
+    cfg = demo.stage_config('hypermodel', kind, steps, seed,
+                            **{'model.init_from': downstream, **extra, **o})
+  return config_check.validate(cfg)
 
 
 def score(cfg, out, run_dir: str, step: int, splits=SPLITS) -> dict:

@@ -423,6 +423,6 @@ def import_peft(peft_dir: str, config: T5Config) -> Adapter:
   manifest = {'kind': 'peft_lora', 'lora_rank': rank, 'prefix_len': None,
               'downstream': downstream_identity(config, None, cfg.get('base_model_name_or_path')
                                                 or 'unknown (imported from PEFT)'),
-              'imported_from': os.path.abspath(peft_dir)}
+              'imported_from': os.fspath(_path(peft_dir))}
   return from_generated(peft_lib.unflatten({k: v[None] for k, v in tensors.items()}), {},
                         manifest)

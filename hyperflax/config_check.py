@@ -107,6 +107,14 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
       out.append(f'config.{name}={v!r}: must be () (the dataset default) or 3 positive '
                  'integers (hypermodel input, downstream input, target), e.g. '
                  '--config.data.lengths="(1024, 384, 128)"')
+  # Trained with the query in the decoder but scored with it in the encoder (or the
+  # reverse) would evaluate a format the model never saw, silently.
+  formats = {k: bool(dict(get(k) or {}).get('query_in_decoder')) for k in
+             ('data.options', 'eval.options')}
+  if get('eval.name') and formats['data.options'] != formats['eval.options']:
+    out.append('config.data.options.query_in_decoder and config.eval.options.query_in_decoder '
+               f'differ ({formats["data.options"]} / {formats["eval.options"]}): training '
+               'and evaluation must use the same format')
   for axis in ('data', 'fsdp', 'tensor'):
     v = get(f'mesh.{axis}')
     if not _is_int(v) or (v < 1 and v != -1):

@@ -134,9 +134,14 @@ def load_hypermodel(checkpoint: str) -> Hypermodel:
   from hyperflax.workdir import as_path, load_run_config, load_trainable
   checkpoint = os.fspath(as_path(checkpoint))
   config = load_run_config(checkpoint, 'hypermodel')  # tokenizer pinned to the run's
+  d = config.data
+  if dict(d.get('options', {}) or {}).get('query_in_decoder'):
+    # Adapters are served with the query in the encoder (serving, predict, PEFT export).
+    raise ValueError(f'{checkpoint}: trained with data.options.query_in_decoder (the query in '
+                     "the downstream's decoder); adapters, predict and serving do not support "
+                     'that format: evaluate it with hyperflax.evaluate')
   exp = Experiment.from_config(config)
   step, trainable = load_trainable(checkpoint, with_step=True)
-  d = config.data
   # The tokenizer the training data used (the synthetic suite has its own).
   _, ctx = registry._context(d.name, config.seed, d.num_shots, d.get('data_dir') or None,  # pylint: disable=protected-access
                              d.get('vocab_path') or None, dict(d.get('options', {}) or {}))

@@ -66,8 +66,11 @@ CASES = [
      ["unknown field 'trian'", 'Did you mean "train"']),
     ('new key in a free-form section', lambda e: _train(
         f'--workdir={e["dir"]}/w', '--config.model.overrides.vocab_size=512'),
-     ["--config.model.overrides.vocab_size: the config has no field 'vocab_size' under "
-      "'model.overrides'"]),
+     ["--config.model.overrides.vocab_size (no field 'vocab_size' under 'model.overrides')"]),
+    ('new nested key, beside a valid override of the same name', lambda e: _train(
+        f'--workdir={e["dir"]}/w', '--config.train.num_steps=2',
+        '--config.model.overrides.num_steps.x=1'),
+     ["--config.model.overrides.num_steps.x (no field 'num_steps' under 'model.overrides')"]),
     ('missing config file', lambda e: ('train', ['train', '--config=configs/nope.py',
                                                  f'--workdir={e["dir"]}/w']),
      ['--config=configs/nope.py: no such config file']),

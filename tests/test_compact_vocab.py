@@ -49,3 +49,23 @@ def test_train_and_evaluate_in_the_compact_space(tmp_path):
            for line in p.read_text().splitlines() if line.strip()]
   texts = [p.get('prediction', '') for p in preds if 'prediction' in p]
   assert texts and not any('<id_' in t for t in texts)
+
+
+def test_markers_need_rows_past_the_pieces_for_the_32k_tokenizers(tmp_path):
+  from hyperflax.train import train
+  cfg = _config(32100)
+  cfg.data.vocab_path = 'words'  # 32,100 ids, but the converters also write <x>/<y> = 32100/32101
+  with pytest.raises(config_check.ConfigError, match='model.vocab_size=32100 .* 32102 ids'):
+    train(cfg, tmp_path / 'w')
+
+
+def test_query_format_must_match_between_training_and_evaluation():
+  cfg = _config(5248)
+  cfg.data.options = {'train_tasks_per_family': 20, 'query_in_decoder': True}
+  with pytest.raises(config_check.ConfigError, match='query_in_decoder differ'):
+    config_check.validate(cfg)
+  cfg.eval.options = {'query_in_decoder': True}
+  config_check.validate(cfg)
+  cfg.eval.name = ''  # no evaluation: nothing to match
+  cfg.eval.options = {}
+  config_check.validate(cfg)

@@ -42,7 +42,7 @@ def test_plot_writes_png_and_json_with_losses(tmp_path):
 
 
 def test_query_in_decoder_must_be_the_training_and_the_scoring_format():
-  with pytest.raises(ValueError, match='both data.options and eval.options'):
+  with pytest.raises(ValueError, match='query_in_decoder .*differ'):
     lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True}})
   cfg = lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True},
                                          'eval.options': {'query_in_decoder': True}})

@@ -170,6 +170,9 @@ def _rows(loader: _Loader, unit: Unit, scoring: bool, hyper: bool):
   `append_eos_after_trim` puts it back after the same trimming)."""
   task = loader.task(unit)
   conv = task.converter
+  if conv.query_in_decoder:  # SeqIO targets carry no read mask, generation no forced prefix
+    raise ValueError(f'{unit.name}: the SeqIO tasks do not support query_in_decoder; '
+                     'evaluate such a model with hyperflax.evaluate')
   for ep in task.episodes():
     query = ep.query
     row = {'inputs': list(conv.encoder_ids(ep)[0][:-1]),

@@ -63,10 +63,13 @@ class HyperflaxVocabulary(seqio.Vocabulary):
     out.set_shape([])
     return out
 
+  def _identity(self):
+    # The word tokenizers share a path; their kind ('words' / 'words_compact') tells them apart.
+    return (getattr(self.tokenizer, 'path', id(self.tokenizer)),
+            getattr(self.tokenizer, 'kind', None))
+
   def __eq__(self, other) -> bool:
-    return (isinstance(other, HyperflaxVocabulary) and
-            getattr(self.tokenizer, 'path', id(self.tokenizer)) ==
-            getattr(other.tokenizer, 'path', id(other.tokenizer)))
+    return isinstance(other, HyperflaxVocabulary) and self._identity() == other._identity()
 
   def __hash__(self) -> int:
-    return hash(getattr(self.tokenizer, 'path', id(self.tokenizer)))
+    return hash(self._identity())
