@@ -226,3 +226,20 @@ def test_hyper_init_of_prefix_mlp_reproduces_the_generated_prefixes(env, tmp_pat
       {'params': params}, jnp.ones((1, 1), jnp.int32))
   for name, value in adapters_lib.peft_lib.flatten(peft).items():
     np.testing.assert_allclose(np.asarray(value)[0], adapter.tensors[name], atol=1e-5)
+
+
+def test_hypertune_refuses_a_query_in_decoder_hypermodel(tmp_path_factory):
+  """Adapters are served with the query in the encoder: a hypermodel trained with it in the
+  decoder would be scored in a format it never saw, so hypertune says so instead."""
+  import json
+  import fault_helpers as fh
+  from hyperflax import hypertune
+  base = fh.trained_workdir(tmp_path_factory)
+  run = fh.copy_run(base, tmp_path_factory.mktemp('qd') / 'run')
+  path = os.path.join(run, 'config.json')
+  cfg = json.load(open(path))
+  cfg['data']['options'] = {**(cfg['data'].get('options') or {}), 'query_in_decoder': True}
+  json.dump(cfg, open(path, 'w'))
+  with fh.env(HYPERFLAX_DATA_DIR=base['data']):
+    with pytest.raises(ValueError, match='query_in_decoder .*adapters, predict and serving'):
+      hypertune.load_hypermodel(run)
