@@ -60,6 +60,7 @@ import numpy as np
 
 from hyperflax.model import peft as peft_lib
 from hyperflax.model.config import T5Config
+from hyperflax.workdir import as_path, write_atomic
 
 FORMAT, FORMAT_VERSION = 'hyperflax-adapter', 2  # 2: precomputed fusion keys/values
 MANIFEST_FILE, TENSORS_FILE = 'manifest.json', 'adapter.safetensors'
@@ -193,33 +194,23 @@ def from_generated(peft, aux: dict, manifest: dict, downstream: tuple | None = N
 # Adapter directories may be URLs (gs://, s3://) like workdirs: every file goes
 # through epath, written atomically, tensors before the manifest that names them.
 
-def _path(path):
-  from hyperflax.workdir import as_path
-  return as_path(path)
-
-
-def _write(path, data: str | bytes) -> None:
-  from hyperflax.workdir import write_atomic
-  write_atomic(path, data)
-
-
 def save_adapter(adapter: Adapter, out_dir: str) -> str:
   from safetensors.numpy import save
-  out = _path(out_dir)
+  out = as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  _write(out / TENSORS_FILE, save({k: np.ascontiguousarray(v) for k, v in adapter.tensors.items()},
+  write_atomic(out / TENSORS_FILE, save({k: np.ascontiguousarray(v) for k, v in adapter.tensors.items()},
                                   metadata={'format': FORMAT}))
-  _write(out / MANIFEST_FILE, json.dumps(adapter.manifest, indent=2, sort_keys=True))
+  write_atomic(out / MANIFEST_FILE, json.dumps(adapter.manifest, indent=2, sort_keys=True))
   return out_dir
 
 
 def load_adapter(path: str) -> Adapter:
   """Reads an adapter directory written by `save_adapter` (a local path or a URL)."""
   from safetensors.numpy import load
-  manifest_path = _path(path) / MANIFEST_FILE
+  manifest_path = as_path(path) / MANIFEST_FILE
   if not manifest_path.exists():
     hint = (' (this is a PEFT directory: use adapters.import_peft)'
-            if (_path(path) / PEFT_CONFIG_FILE).exists() else '')
+            if (as_path(path) / PEFT_CONFIG_FILE).exists() else '')
     raise FileNotFoundError(f'{path}: no {MANIFEST_FILE}; not a hyperflax adapter{hint}')
   try:
     manifest = json.loads(manifest_path.read_text())
@@ -229,7 +220,7 @@ def load_adapter(path: str) -> Adapter:
     raise ValueError(f'{manifest_path}: format {manifest.get("format")!r} version '
                      f'{manifest.get("format_version")!r} is not readable by this hyperflax '
                      f'(it reads {FORMAT!r} versions 1-{FORMAT_VERSION})')
-  tensors_path = _path(path) / TENSORS_FILE
+  tensors_path = as_path(path) / TENSORS_FILE
   try:
     tensors = load(tensors_path.read_bytes())
   except FileNotFoundError:
@@ -355,9 +346,9 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
   source = (adapter.manifest.get('downstream') or {}).get('source')
   if base_model_name_or_path is None and source and os.path.isdir(source):
     base_model_name_or_path = source  # where PEFT users find the matching T5
-  out = _path(out_dir)
+  out = as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  _write(out / PEFT_WEIGHTS_FILE, save(tensors, metadata={'format': 'pt'}))
+  write_atomic(out / PEFT_WEIGHTS_FILE, save(tensors, metadata={'format': 'pt'}))
   config = {
       'peft_type': 'LORA', 'task_type': 'SEQ_2_SEQ_LM', 'r': rank, 'lora_alpha': rank,
       'lora_dropout': 0.0, 'bias': 'none', 'fan_in_fan_out': False, 'use_rslora': False,
@@ -365,8 +356,8 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
       'inference_mode': True, 'init_lora_weights': True, 'rank_pattern': {},
       'alpha_pattern': {}, 'base_model_name_or_path': base_model_name_or_path,
   }
-  _write(out / PEFT_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
-  _write(out / 'hyperflax_manifest.json',  # provenance only
+  write_atomic(out / PEFT_CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True))
+  write_atomic(out / 'hyperflax_manifest.json',  # provenance only
          json.dumps(adapter.manifest, indent=2, sort_keys=True))
   return out_dir
 
@@ -390,12 +381,12 @@ def import_peft(peft_dir: str, config: T5Config) -> Adapter:
   differ per module (rank_pattern) are zero-padded to the largest.
   """
   from safetensors.numpy import load
-  cfg = json.loads((_path(peft_dir) / PEFT_CONFIG_FILE).read_text())
+  cfg = json.loads((as_path(peft_dir) / PEFT_CONFIG_FILE).read_text())
   if cfg.get('peft_type') != 'LORA' or cfg.get('use_dora') or cfg.get('bias', 'none') != 'none':
     raise ValueError(f'{peft_dir}: only plain LoRA (no DoRA, bias="none") can be imported; '
                      f'got peft_type={cfg.get("peft_type")!r}')
   found: dict = {}
-  for name, value in load((_path(peft_dir) / PEFT_WEIGHTS_FILE).read_bytes()).items():
+  for name, value in load((as_path(peft_dir) / PEFT_WEIGHTS_FILE).read_bytes()).items():
     m = _PEFT_NAME.search(name)
     if m is None:
       raise ValueError(f'{peft_dir}: tensor {name!r} is not a LoRA factor of a T5 q/v map')
@@ -423,6 +414,6 @@ def import_peft(peft_dir: str, config: T5Config) -> Adapter:
   manifest = {'kind': 'peft_lora', 'lora_rank': rank, 'prefix_len': None,
               'downstream': downstream_identity(config, None, cfg.get('base_model_name_or_path')
                                                 or 'unknown (imported from PEFT)'),
-              'imported_from': os.fspath(_path(peft_dir))}
+              'imported_from': os.fspath(as_path(peft_dir))}
   return from_generated(peft_lib.unflatten({k: v[None] for k, v in tensors.items()}), {},
                         manifest)

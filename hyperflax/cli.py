@@ -136,31 +136,30 @@ def _raise_unknown_override(e: BaseException, argv: Sequence[str]):
   if _misspelled_override(e):
     raise e
   name = str(e.args[0] if e.args else e).strip('\'"')
-  # The error names one path component only: every override that has it is a suspect.
-  suspects = []
-  for arg in argv:
-    flag = arg.split('=', 1)[0]
-    parts = flag[len('--config.'):].split('.') if flag.startswith('--config.') else []
-    if name in parts:
-      where = '.'.join(parts[:parts.index(name)])
-      suspects.append(f'{flag} (no field {name!r} under {where or "the top level"!r})')
-  if len(suspects) > 1:  # drop overrides of fields every config has
+  # The error names one path component only: every override that has it is a suspect,
+  # except overrides of fields every config has (when another suspect remains).
+  paths = [a.split('=', 1)[0][len('--config.'):].split('.') for a in argv
+           if a.startswith('--config.')]
+  suspects = [p for p in paths if name in p]
+  if len(suspects) > 1:
     from hyperflax.config_base import base_config
     base = base_config()
 
-    def known(flag):
+    def known(parts):
       node = base
-      for part in flag[len('--config.'):].split(' ', 1)[0].split('.'):
+      for part in parts:
         if not hasattr(node, 'keys') or part not in node:
           return False
         node = node[part]
       return True
-    suspects = [s for s in suspects if not known(s)] or suspects
+    suspects = [p for p in suspects if not known(p)] or suspects
   if not suspects:
     raise e
-  raise ValueError(f'{" or ".join(suspects)}: --config.* overrides can only change fields the '
-                   'config file defines (add free-form keys such as model.overrides in the '
-                   'config file)') from None
+  named = ' or '.join(f'--config.{".".join(p)} (no field {name!r} under '
+                      f'{".".join(p[:p.index(name)]) or "the top level"!r})' for p in suspects)
+  raise ValueError(f'{named}: --config.* overrides can only change fields the config file '
+                   'defines (add free-form keys such as model.overrides in the config '
+                   'file)') from None
 
 
 def absl_main(doc: str, define: Callable, body: Callable, argv: Sequence[str] | None = None,

@@ -39,6 +39,7 @@ import numpy as np
 
 from hyperflax import recipes as recipes_lib
 from hyperflax.workdir import as_path, read_json, write_atomic
+from hyperflax.data.synthetic import WORD_KINDS
 
 CONFIGS_DIR = Path(__file__).resolve().parent.parent / 'configs'
 MARKER = 'pipeline_stage.json'
@@ -183,7 +184,7 @@ _PATHS = ('model.init_from', 'hyper.init_from', 'hyper.backbone_from', 'data.dat
 
 
 def _same_path(a, b) -> bool:
-  if not (isinstance(a, str) and isinstance(b, str) and a and b) or {'words', 'words_compact'} & {a, b}:
+  if not (isinstance(a, str) and isinstance(b, str) and a and b) or {a, b} & set(WORD_KINDS):
     return a == b
   return as_path(a) == as_path(b)
 

@@ -122,15 +122,12 @@ def _check_compatible(meta: dict, config) -> None:
 
 def _check_vocab_fits(config: ml_collections.ConfigDict, tok) -> None:
   """Ids past the embedding would be clamped by the gather, silently: refuse them."""
-  from hyperflax.data.vocab import Y_ID
   from hyperflax.training.experiment import t5_config_from
   try:
     rows = t5_config_from(config).vocab_size
   except (OSError, ValueError, KeyError, TypeError):  # init_from problems are reported later
     return
-  need = int(getattr(tok, 'vocab_size', 0))
-  if getattr(tok, 'kind', None) != 'words_compact':
-    need = max(need, Y_ID + 1)  # the converters' <x>/<y> markers sit past the pieces
+  need = tok.model_rows
   if rows < need:
     raise config_check.ConfigError(
         f'model.vocab_size={rows} is smaller than the {need} ids of the tokenizer '

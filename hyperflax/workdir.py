@@ -188,6 +188,12 @@ class Lock:
 
 # ---- what identifies a run -------------------------------------------------------
 
+def _word_kinds() -> tuple[str, ...]:
+  """`data.vocab_path` values that name the synthetic suite's word tokenizers, not files."""
+  from hyperflax.data.synthetic import WORD_KINDS
+  return WORD_KINDS
+
+
 def absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Makes the config's path fields absolute (URL-aware), in place, so the run's
   config.json works from any directory."""
@@ -195,7 +201,7 @@ def absolute_paths(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
                        ('hyper', 'backbone_from'), ('data', 'data_dir'), ('data', 'vocab_path')):
     node = config.get(section)
     value = node.get(key) if node is not None else None
-    if isinstance(value, str) and value and value not in ('words', 'words_compact'):
+    if isinstance(value, str) and value and value not in _word_kinds():
       node[key] = os.fspath(as_path(value))
   return config
 
@@ -342,7 +348,7 @@ def pin_tokenizer(config: ml_collections.ConfigDict, record: dict | None, where)
     log.warning('%s records no tokenizer (written before run.json existed): using the one '
                 'this environment resolves', where)
     return
-  if info.get('kind') in ('words', 'words_compact'):
+  if info.get('kind') in _word_kinds():
     config.data.vocab_path = info['kind']
     return
   path, sha = info.get('path'), info.get('sha256')

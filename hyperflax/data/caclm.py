@@ -169,13 +169,13 @@ class CaclmStream:
       hyper.append(pad_to([SEGMENT_A_ID, *a, SEGMENT_D_ID, *d, EOS_ID], L.hyper))
       enc.append(pad_to([*bb, EOS_ID], L.encoder))
       tgt.append(pad_to(c, L.decoder))
-    targets = np.asarray(self.to_model_ids(np.stack(tgt)), np.int32)
+    targets = self.to_model_ids(np.stack(tgt))
     n = self.batch_size
     return {
-        'hyper_inputs': np.asarray(self.to_model_ids(np.stack(hyper)), np.int32),
+        'hyper_inputs': self.to_model_ids(np.stack(hyper)),
         'hyper_num_used': np.full(n, 2, np.int32),
         'hyper_num_dropped': np.zeros(n, np.int32),
-        'encoder_inputs': np.asarray(self.to_model_ids(np.stack(enc)), np.int32),
+        'encoder_inputs': self.to_model_ids(np.stack(enc)),
         'decoder_inputs': np.concatenate(
             [np.full((n, 1), PAD_ID, np.int32), targets[:, :-1]], 1),
         'targets': targets,

@@ -219,9 +219,11 @@ class Converter:
   def _rows(self, eps: Sequence[Episode], targets: Sequence[str | None]):
     """Field dict of lists for real rows (shared by every batch kind)."""
     cols: dict[str, list] = {'encoder_inputs': [], 'targets': [],
-                             'hyper_num_used': [], 'hyper_num_dropped': [], 'read': []}
+                             'hyper_num_used': [], 'hyper_num_dropped': []}
     if self.mode == 'hyper':
       cols['hyper_inputs'] = []
+    if self.query_in_decoder:
+      cols['read'] = []
     enc_len = self.lengths.concat if self.mode == 'concat' else self.lengths.encoder
     # Scoring rows of one query share everything but the target: build (and
     # count truncations of) the inputs once per episode.
@@ -242,7 +244,8 @@ class Converter:
       cols['hyper_num_dropped'].append(dropped)
       target, read = self.target_and_read(ep, text)
       cols['targets'].append(pad_to(target, self.lengths.decoder))
-      cols['read'].append(pad_to([1] * read, self.lengths.decoder))
+      if self.query_in_decoder:
+        cols['read'].append(pad_to([1] * read, self.lengths.decoder))
     return cols
 
   def _finish(self, cols: dict, batch_size: int) -> dict[str, np.ndarray]:
@@ -251,8 +254,7 @@ class Converter:
     read = cols.pop('read', None)
     for k, rows in cols.items():
       if k in ('encoder_inputs', 'hyper_inputs', 'targets'):
-        arr = np.stack(rows).astype(np.int32)
-        arr = np.asarray(self._to_model(arr), np.int32)
+        arr = self._to_model(np.stack(rows).astype(np.int32))
       else:
         arr = np.asarray(rows, dtype=bool if k == 'is_padding' else np.int32)
       if n < batch_size:  # pad the last eval batch with all-zero rows

@@ -409,6 +409,11 @@ class WordTokenizer:
       return len(self._from_model)
     return vocab_lib.NUM_PIECES + vocab_lib.NUM_EXTRA_IDS
 
+  @property
+  def model_rows(self) -> int:
+    """Embedding rows a model needs for the ids batches hold (with the <x>/<y> markers)."""
+    return self.vocab_size if self._from_model is not None else vocab_lib.Y_ID + 1
+
   def encode(self, text: str) -> list[int]:
     try:
       return [self._ids[w] for w in text.split()]

@@ -80,6 +80,11 @@ class Tokenizer:
     """Ids the tokenizer itself can produce (pieces + sentinels)."""
     return NUM_PIECES + NUM_EXTRA_IDS
 
+  @property
+  def model_rows(self) -> int:
+    """Embedding rows a model needs for the ids batches hold (with the <x>/<y> markers)."""
+    return Y_ID + 1
+
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text)
 
