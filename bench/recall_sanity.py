@@ -39,15 +39,17 @@ PAD, EOS, SEP = 0, 1, 2
 
 
 def make_rows(rng, batch, pairs, key_ids, value_ids, queries=1, min_pairs=None,
-              repeats=1, filler_ids=None, row_values=0):
+              repeats=1, filler_ids=None, row_values=0, marks=None):
   """[batch, width*pairs*repeats+1+queries] encoder ids (padded), [batch, queries] answers.
 
   A row holds between `min_pairs` and `pairs` keys (default: exactly `pairs`), each
   stated `repeats` times in shuffled order; with `filler_ids` an item is `key filler
   value` (the suite's `<key> <n>` inputs); with `row_values` the row's values come
-  from that many values (the suite's lookup: 4 keys, 3 labels, 16 demonstrations).
+  from that many values (the suite's lookup: 4 keys, 3 labels, 16 demonstrations);
+  with `marks=(x, y)` each item starts with x (the suite's `<x> key <y> label`, with
+  `filler_ids=[y]`).
   """
-  width = 3 if filler_ids is not None else 2
+  width = 2 + (filler_ids is not None) + (marks is not None)
   enc = np.zeros((batch, width * pairs * repeats + 1 + queries), np.int32)
   ans = np.zeros((batch, queries), np.int32)
   for b in range(batch):
@@ -56,7 +58,8 @@ def make_rows(rng, batch, pairs, key_ids, value_ids, queries=1, min_pairs=None,
     pool = rng.choice(value_ids, size=row_values, replace=False) if row_values else value_ids
     vals = rng.choice(pool, size=n, replace=True)
     order = rng.permutation(np.repeat(np.arange(n), repeats))
-    items = [[keys[j], *([rng.choice(filler_ids)] if width == 3 else []), vals[j]]
+    items = [[*(marks[:1] if marks else []), keys[j],
+              *([rng.choice(filler_ids)] if filler_ids is not None else []), vals[j]]
              for j in order]
     flat = [t for item in items for t in item]
     enc[b, :len(flat)] = flat
@@ -68,7 +71,7 @@ def make_rows(rng, batch, pairs, key_ids, value_ids, queries=1, min_pairs=None,
 
 def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_every, log,
         queries=1, min_pairs=None, decoder_queries=False, then_encoder_steps=0,
-        repeats=1, fillers=0, row_values=0, then_fillers=0, then_steps=0):
+        repeats=1, fillers=0, row_values=0, then_fillers=0, then_steps=0, suite_format=False):
   heldout_keys = 64
   key_ids = np.arange(3, 3 + n_keys)
   new_keys = np.arange(3 + n_keys, 3 + n_keys + heldout_keys)
@@ -81,6 +84,16 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
                                              int(value_ids[-1]) + 1 + then_fillers)
                                    if then_fillers else None))
   vocab = int(value_ids[-1]) + 1 + max(fillers, then_fillers)
+  marks = None
+  if suite_format:
+    # The suite's markers: items `<x> key [<y>] value`, lookups `<x> q <y> a` in the decoder;
+    # a second phase's separator is <y> itself.
+    if not decoder_queries or fillers or then_fillers > 1:
+      raise ValueError('--suite_format needs --decoder_queries, no --fillers, --then_fillers<=1')
+    marks = (vocab, vocab + 1)
+    vocab += 2
+    layout['marks'] = marks
+    later = dict(layout, filler_ids=[marks[1]] if then_fillers else None)
   cfg = T5Config(vocab_size=vocab, d_model=d_model, d_kv=d_model // 4, d_ff=2 * d_model,
                  num_heads=4, num_layers=layers, num_decoder_layers=layers, dropout_rate=0.0)
   model = transformer.T5(cfg)
@@ -101,11 +114,15 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
   def loss_fn(p, enc, ans, decoder_queries):
     ones = jnp.ones_like(ans[:, :1])
     if decoder_queries:
-      # Decoder sequence q1 a1 q2 a2 ... </s>: every answer is a lookup; keys are given.
+      # Decoder sequence q1 a1 q2 a2 ... </s> (suite format: <x> q1 <y> a1 ...): every
+      # answer is a lookup; keys are given.
       qs = query_keys(enc, ans.shape[1])
-      seq = jnp.stack([qs, ans], 2).reshape(ans.shape[0], -1)
+      cols = [ones * marks[0] * jnp.ones_like(qs), qs, ones * marks[1] * jnp.ones_like(qs),
+              ans] if marks else [qs, ans]
+      seq = jnp.stack(cols, 2).reshape(ans.shape[0], -1)
       targets = jnp.concatenate([seq, ones * EOS], 1)
-      weights = jnp.concatenate([jnp.tile(jnp.array([0.0, 1.0]), ans.shape[1])[None]
+      weights = jnp.concatenate([jnp.tile(jnp.array([0.0] * (len(cols) - 1) + [1.0]),
+                                          ans.shape[1])[None]
                                  * jnp.ones_like(ans[:, :1], jnp.float32),
                                  jnp.ones_like(ans[:, :1], jnp.float32)], 1)
       enc = pairs_only(enc)
@@ -126,8 +143,10 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
   @functools.partial(jax.jit, static_argnums=2)
   def predict(p, enc, decoder_queries):
     if decoder_queries:
-      dec_in = jnp.concatenate([jnp.zeros((enc.shape[0], 1), jnp.int32), query_keys(enc, 1)], 1)
-      logits = model.apply({'params': p}, pairs_only(enc), dec_in)[:, 1]
+      q = query_keys(enc, 1)
+      head = [q * 0 + marks[0], q, q * 0 + marks[1]] if marks else [q]
+      dec_in = jnp.concatenate([jnp.zeros((enc.shape[0], 1), jnp.int32), *head], 1)
+      logits = model.apply({'params': p}, pairs_only(enc), dec_in)[:, len(head)]
     else:
       dec_in = jnp.zeros((enc.shape[0], 1), jnp.int32)
       logits = model.apply({'params': p}, enc, dec_in)[:, 0]
@@ -166,7 +185,7 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
                          decoder_queries=decoder_queries,
                          then_encoder_steps=then_encoder_steps, repeats=repeats,
                          then_steps=then_steps, then_fillers=then_fillers,
-                         fillers=fillers, row_values=row_values),
+                         fillers=fillers, row_values=row_values, suite_format=suite_format),
           'chance': 100.0 / n_values, 'curve': curve}
 
 
@@ -246,6 +265,9 @@ def main(argv=None):
   ap.add_argument('--then_steps', type=int, default=0,
                   help='after --steps, this many steps with --then_fillers fillers (a curriculum)')
   ap.add_argument('--then_fillers', type=int, default=0)
+  ap.add_argument('--suite_format', action='store_true',
+                  help="items `<x> key value` (then `<x> key <y> value` with --then_fillers=1), "
+                       "decoder lookups `<x> q <y> a`: the suite's markers")
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--lr', type=float, default=1e-3)
   ap.add_argument('--layers', type=int, default=2)
@@ -265,7 +287,7 @@ def main(argv=None):
   res = run(a.steps, a.pairs, a.keys, a.values, a.batch, a.lr, a.seed, a.layers, a.d_model,
             a.eval_every, lambda s: print(s, flush=True), a.queries,
             a.min_pairs, a.decoder_queries, a.then_encoder_steps, a.repeats, a.fillers,
-            a.row_values, a.then_fillers, a.then_steps)
+            a.row_values, a.then_fillers, a.then_steps, a.suite_format)
   if a.out:
     Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -13,6 +13,8 @@ argument, $HYPERFLAX_DATA_DIR, or `<repo>/../shared/data`):
                               MetaICL splits (`<data_dir>/metaicl`)
   sni_def, sni_def_2pos       S-NI (`<data_dir>/sni`)
   synthetic_fewshot           the built-in synthetic suite (the default)
+  synthetic_recall            in-context recall in the suite's words (training
+                              only; a curriculum stage, `recall`)
 
 Source options (keyword arguments of `get_dataset`/`get_eval_tasks`, checked:
 an unknown one raises): see `_OPTIONS`.
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from hyperflax.data import caclm as caclm_lib
+from hyperflax.data import recall as recall_lib
 from hyperflax.data import sources_c4, sources_metaicl, sources_p3
 from hyperflax.data import sources_p3_heldout, sources_sni, synthetic
 from hyperflax.data.converters import Converter
@@ -48,6 +51,7 @@ _OPTIONS = {
                   'task_sampling', 'num_labels', 'many_keys', 'layouts',
                   'recall_slots', 'train_families', 'query_in_decoder',
                   'decoder_recall'},
+    'recall': {'pairs', 'queries', 'num_labels', 'separated', 'query_in_decoder'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -73,7 +77,7 @@ class DatasetSpec:
   """A registered dataset.
 
   Attributes:
-    kind: 'fewshot' or 'caclm'; also picks the allowed options.
+    kind: 'fewshot', 'caclm' or 'recall'; also picks the allowed options.
     options: key into `_OPTIONS`.
     train: ctx -> training tasks (None: evaluation only).
     eval: (ctx, split) -> evaluation tasks (None: training only).
@@ -195,6 +199,8 @@ REGISTRY: dict[str, DatasetSpec] = {
     'synthetic_fewshot': DatasetSpec(
         'fewshot', 'synthetic', lambda ctx: _suite(ctx).train_tasks(),
         _synthetic_eval, synthetic_vocab=True, lengths=synthetic.LENGTHS),
+    'synthetic_recall': DatasetSpec('recall', 'recall', None, None, synthetic_vocab=True,
+                                    lengths=synthetic.LENGTHS),
 }
 
 SYNTHETIC_CACLM_SEGMENTS = caclm_lib.Segments(a=64, b=16, c=32, d=64)
@@ -262,6 +268,8 @@ def get_dataset(name: str, split: str = 'train', *, batch_size: int,
                          None if lengths is None else Lengths.make(lengths),
                          start_step if split == 'train' else 0)
   lengths = Lengths.make(lengths) if lengths is not None else spec.lengths
+  if spec.kind == 'recall':
+    return _recall_stream(ctx, split, mode, lengths, batch_size, start_step)
   converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats,
                         recall_slots=ctx.opt('recall_slots', 0) if split == 'train' else 0,
                         query_in_decoder=bool(ctx.opt('query_in_decoder', False)),
@@ -359,6 +367,23 @@ def _caclm_stream(spec, ctx, split, batch_size, lengths, start_step):
   return _bounded(caclm_lib.CaclmStream(
       docs, batch_size, seed, lengths, segments, start_step, ctx.name,
       stats=ctx.stats, to_model_ids=getattr(tok, 'to_model_ids', None)), split, ctx)
+
+
+def _recall_stream(ctx, split, mode, lengths, batch_size, start_step):
+  if split != 'train':
+    raise ValueError(f'{ctx.name} is a training stream; evaluate on synthetic_fewshot '
+                     '(eval.name) with query_in_decoder')
+  if mode != 'concat' or ctx.opt('query_in_decoder') is not True:
+    raise ValueError(f'{ctx.name}: rows are T5-MTF-Few-shot rows with the queries in the '
+                     f'decoder: needs mode "concat" (got {mode!r}) and option '
+                     'query_in_decoder=True (as in eval.options)')
+  num_labels = ctx.opt('num_labels', 12)
+  if not 2 <= num_labels <= len(synthetic.LABELS):
+    raise ValueError(f'{ctx.name}: num_labels={num_labels}; expected 2..{len(synthetic.LABELS)}')
+  return recall_lib.RecallStream(
+      ctx.tokenizer, lengths, batch_size, ctx.seed, start_step, synthetic.TRAIN_KEYS,
+      synthetic.LABELS[:num_labels], pairs=ctx.opt('pairs', 4), queries=ctx.opt('queries', 8),
+      separated=bool(ctx.opt('separated', False)))
 
 
 def _bounded(stream, split, ctx):

@@ -143,6 +143,8 @@ def register_all(data_dir: str | os.PathLike | None = None,
   registered = []
   for name in hf_registry.names():
     spec = hf_registry.REGISTRY[name]
+    if spec.kind == 'recall':  # query_in_decoder rows, which the SeqIO tasks do not build
+      continue
     task_lengths = lengths or spec.lengths
     features = {
         'hyper_inputs': seqio.Feature(vocab, add_eos=True, dtype=tf.int32),

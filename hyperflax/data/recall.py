@@ -1,0 +1,88 @@
+"""In-context recall in the synthetic suite's words: the stage that teaches a T5 to bind.
+
+Each row states `pairs` keys with their values and asks for `queries` of them in the
+decoder, in the suite's `query_in_decoder` format:
+
+  encoder   <x> k1 v1 <x> k2 v2 ... </s>            (separated=True: <x> k1 <y> v1 ...)
+  decoder   <x> q1 <y> a1 <x> q2 <y> a2 ... </s>    scored on the answers and </s>
+
+Keys are the suite's training keys (`synthetic.TRAIN_KEYS`: animals and pseudo-words, never a
+held-out family's), values its first `num_labels` output words, and every row is a fresh random
+map, so nothing but the row answers a query. At the demo's size T5 learns this in about a
+thousand steps when each key is next to its value, but not from scratch when one token (the
+suite's `<y>`) separates them; a model that has bound adjacent pairs binds separated ones within
+a few hundred steps (bench/RESULTS.md, issue 13). So `synthetic_recall` is a curriculum stage
+before `synthetic_fewshot` with `query_in_decoder` + `decoder_recall`, whose lookups have the
+same decoder format.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+
+from hyperflax.data.converters import pad_to
+from hyperflax.data.examples import Lengths
+from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID
+
+
+class RecallStream:
+  """Infinite recall batches (mode 'concat'); batch n is a pure function of (seed, n)."""
+
+  def __init__(self, tokenizer, lengths: Lengths, batch_size: int, seed: int,
+               start_step: int = 0, keys=(), values=(), pairs: int = 4, queries: int = 8,
+               separated: bool = False):
+    if pairs < 1 or pairs > len(keys):
+      raise ValueError(f'synthetic_recall: pairs={pairs}; expected 1..{len(keys)}')
+    if queries < 1:
+      raise ValueError(f'synthetic_recall: queries={queries}; expected at least 1')
+    self._to_model = getattr(tokenizer, 'to_model_ids', None) or (lambda ids: ids)
+    self._keys = [list(tokenizer.encode(k)) for k in keys]
+    self._values = [list(tokenizer.encode(v)) for v in values]
+    self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
+    self.start_step, self.pairs, self.queries = start_step, pairs, queries
+    self.separated = separated
+    # The longest row must fit: a cut row would ask for a key it no longer states.
+    k = max(map(len, self._keys))
+    v = max(map(len, self._values))
+    enc = pairs * (1 + k + separated + v) + 1
+    dec = queries * (2 + k + v) + 1
+    if enc > lengths.concat or dec > lengths.decoder:
+      raise ValueError(
+          f'synthetic_recall: a row needs up to {enc} encoder and {dec} decoder ids '
+          f'(pairs={pairs}, queries={queries}); data.lengths give {lengths.concat} and '
+          f'{lengths.decoder}: raise data.lengths or lower the options')
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([self.seed, step, 31])
+    enc_rows, tgt_rows, read_rows = [], [], []
+    for _ in range(self.batch_size):
+      keys = rng.choice(len(self._keys), size=self.pairs, replace=False)
+      vals = rng.integers(len(self._values), size=self.pairs)
+      enc = []
+      for k, v in zip(keys, vals):
+        enc += [X_ID, *self._keys[k], *([Y_ID] if self.separated else []), *self._values[v]]
+      tgt, read = [], []
+      for j in rng.integers(self.pairs, size=self.queries):
+        head = [X_ID, *self._keys[keys[j]], Y_ID]
+        tgt += head + self._values[vals[j]]
+        read += [1] * len(head) + [0] * len(self._values[vals[j]])
+      enc_rows.append(pad_to(enc + [EOS_ID], self.lengths.concat))
+      tgt_rows.append(pad_to(tgt + [EOS_ID], self.lengths.decoder))
+      read_rows.append(pad_to(read, self.lengths.decoder))
+    targets = np.asarray(self._to_model(np.asarray(tgt_rows, np.int32)), np.int32)
+    weights = ((targets != PAD_ID) & ~np.asarray(read_rows, bool)).astype(np.float32)
+    n = self.batch_size
+    return {
+        'encoder_inputs': np.asarray(self._to_model(np.asarray(enc_rows, np.int32)), np.int32),
+        'decoder_inputs': np.concatenate([np.full((n, 1), PAD_ID, np.int32), targets[:, :-1]], 1),
+        'targets': targets, 'target_weights': weights,
+        'hyper_num_used': np.full(n, self.pairs, np.int32),
+        'hyper_num_dropped': np.zeros(n, np.int32)}
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    step = self.start_step
+    while True:
+      yield self.batch(step)
+      step += 1

@@ -1,0 +1,99 @@
+"""`synthetic_recall`: every lookup the decoder is scored on is answered by its own row's
+encoder, in the suite's query_in_decoder format, reproducibly, and misuse is refused."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hyperflax import data  # noqa: E402
+from hyperflax.data import synthetic  # noqa: E402
+
+LENGTHS = (136, 12, 56)
+
+
+def _stream(vocab='words', **options):
+  options = {'query_in_decoder': True, **options}
+  return data.get_dataset('synthetic_recall', 'train', batch_size=8, mode='concat',
+                          lengths=LENGTHS, vocab_path=vocab, seed=3, **options)
+
+
+def _segments(words, start):
+  """'<x> a b <x> c d' -> [[a, b], [c, d]] (tokens after each `start` marker)."""
+  out = []
+  for w in words:
+    if w == start:
+      out.append([])
+    elif out:
+      out[-1].append(w)
+  return out
+
+
+@pytest.mark.parametrize('separated', [False, True])
+def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated):
+  tok = synthetic.word_tokenizer('words')
+  b = _stream(separated=separated, pairs=5, queries=6).batch(0)
+  labels = set(synthetic.LABELS[:12])
+  for enc, tgt, w in zip(b['encoder_inputs'], b['targets'], b['target_weights']):
+    enc_words = tok.decode([i for i in enc if i]).split()
+    assert enc_words[-1] == '</s>'
+    items = _segments([x for x in enc_words if x != '</s>'], '<x>')
+    assert len(items) == 5
+    stated = {}
+    for item in items:
+      assert (item[1] == '<y>') == separated and len(item) == 2 + separated
+      assert item[0] in synthetic.TRAIN_KEYS and item[-1] in labels
+      assert item[0] not in synthetic.HELDOUT_KEYS
+      stated[item[0]] = item[-1]
+    lookups = _segments(tok.decode([i for i in tgt if i]).replace('</s>', '').split(), '<x>')
+    assert len(lookups) == 6
+    scored = [int(i) for i, x in zip(tgt, w) if x]
+    assert scored[-1] == data.EOS_ID and len(scored) == 7
+    for (key, y, answer), ans_id in zip(lookups, scored):
+      assert y == '<y>' and stated[key] == answer and tok.decode([ans_id]) == answer
+  np.testing.assert_array_equal(b['decoder_inputs'][:, 1:], b['targets'][:, :-1])
+  assert (b['decoder_inputs'][:, 0] == 0).all()
+
+
+def test_batches_are_a_function_of_seed_and_step_and_resume_exactly():
+  a, b = _stream(), _stream()
+  np.testing.assert_array_equal(a.batch(7)['encoder_inputs'], b.batch(7)['encoder_inputs'])
+  assert not np.array_equal(a.batch(7)['encoder_inputs'], a.batch(8)['encoder_inputs'])
+  resumed = data.get_dataset('synthetic_recall', 'train', batch_size=8, mode='concat',
+                             lengths=LENGTHS, vocab_path='words', seed=3, start_step=7,
+                             query_in_decoder=True)
+  first = next(iter(resumed))
+  for k, v in a.batch(7).items():
+    np.testing.assert_array_equal(first[k], v)
+
+
+def test_compact_rows_are_the_word_rows_renumbered():
+  words, compact = _stream('words').batch(2), _stream('words_compact').batch(2)
+  tok = synthetic.word_tokenizer('words_compact')
+  for k in ('encoder_inputs', 'decoder_inputs', 'targets'):
+    np.testing.assert_array_equal(compact[k], tok.to_model_ids(words[k]))
+    assert compact[k].max() < tok.vocab_size
+  np.testing.assert_array_equal(compact['target_weights'], words['target_weights'])
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(query_in_decoder=False), 'query_in_decoder=True'),
+    (dict(mode='hyper'), 'mode "concat"'),
+    (dict(split='validation'), 'training stream'),
+    (dict(pairs=4, queries=20), 'raise data.lengths'),
+    (dict(pairs=60, queries=1), 'raise data.lengths'),
+    (dict(pairs=0), 'pairs=0'),
+    (dict(num_labels=99), 'num_labels=99'),
+    (dict(shots=3), 'unknown option'),
+])
+def test_misuse_is_refused_in_one_line(kwargs, match):
+  kw = dict(split='train', mode='concat', query_in_decoder=True)
+  kw.update(kwargs)
+  split, mode = kw.pop('split'), kw.pop('mode')
+  with pytest.raises(ValueError, match=match):
+    stream = data.get_dataset('synthetic_recall', split, batch_size=2, mode=mode,
+                              lengths=LENGTHS, vocab_path='words', **kw)
+    stream.batch(0)
