@@ -71,7 +71,8 @@ def make_rows(rng, batch, pairs, key_ids, value_ids, queries=1, min_pairs=None,
 
 def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_every, log,
         queries=1, min_pairs=None, decoder_queries=False, then_encoder_steps=0,
-        repeats=1, fillers=0, row_values=0, then_fillers=0, then_steps=0, suite_format=False):
+        repeats=1, fillers=0, row_values=0, then_fillers=0, then_steps=0, suite_format=False,
+        decoder_marks='xy'):
   heldout_keys = 64
   key_ids = np.arange(3, 3 + n_keys)
   new_keys = np.arange(3 + n_keys, 3 + n_keys + heldout_keys)
@@ -84,13 +85,14 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
                                              int(value_ids[-1]) + 1 + then_fillers)
                                    if then_fillers else None))
   vocab = int(value_ids[-1]) + 1 + max(fillers, then_fillers)
-  marks = None
+  marks, dmarks = None, ''
   if suite_format:
     # The suite's markers: items `<x> key [<y>] value`, lookups `<x> q <y> a` in the decoder;
     # a second phase's separator is <y> itself.
     if not decoder_queries or fillers or then_fillers > 1:
       raise ValueError('--suite_format needs --decoder_queries, no --fillers, --then_fillers<=1')
     marks = (vocab, vocab + 1)
+    dmarks = decoder_marks
     vocab += 2
     layout['marks'] = marks
     later = dict(layout, filler_ids=[marks[1]] if then_fillers else None)
@@ -117,8 +119,8 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
       # Decoder sequence q1 a1 q2 a2 ... </s> (suite format: <x> q1 <y> a1 ...): every
       # answer is a lookup; keys are given.
       qs = query_keys(enc, ans.shape[1])
-      cols = [ones * marks[0] * jnp.ones_like(qs), qs, ones * marks[1] * jnp.ones_like(qs),
-              ans] if marks else [qs, ans]
+      cols = [*([qs * 0 + marks[0]] if 'x' in dmarks else []), qs,
+              *([qs * 0 + marks[1]] if 'y' in dmarks else []), ans]
       seq = jnp.stack(cols, 2).reshape(ans.shape[0], -1)
       targets = jnp.concatenate([seq, ones * EOS], 1)
       weights = jnp.concatenate([jnp.tile(jnp.array([0.0] * (len(cols) - 1) + [1.0]),
@@ -144,7 +146,8 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
   def predict(p, enc, decoder_queries):
     if decoder_queries:
       q = query_keys(enc, 1)
-      head = [q * 0 + marks[0], q, q * 0 + marks[1]] if marks else [q]
+      head = [*([q * 0 + marks[0]] if 'x' in dmarks else []), q,
+              *([q * 0 + marks[1]] if 'y' in dmarks else [])]
       dec_in = jnp.concatenate([jnp.zeros((enc.shape[0], 1), jnp.int32), *head], 1)
       logits = model.apply({'params': p}, pairs_only(enc), dec_in)[:, len(head)]
     else:
@@ -185,7 +188,8 @@ def run(steps, pairs, n_keys, n_values, batch, lr, seed, layers, d_model, eval_e
                          decoder_queries=decoder_queries,
                          then_encoder_steps=then_encoder_steps, repeats=repeats,
                          then_steps=then_steps, then_fillers=then_fillers,
-                         fillers=fillers, row_values=row_values, suite_format=suite_format),
+                         fillers=fillers, row_values=row_values, suite_format=suite_format,
+                         decoder_marks=dmarks),
           'chance': 100.0 / n_values, 'curve': curve}
 
 
@@ -268,6 +272,8 @@ def main(argv=None):
   ap.add_argument('--suite_format', action='store_true',
                   help="items `<x> key value` (then `<x> key <y> value` with --then_fillers=1), "
                        "decoder lookups `<x> q <y> a`: the suite's markers")
+  ap.add_argument('--decoder_marks', choices=('xy', 'x', 'none'), default='xy',
+                  help='with --suite_format: the markers of a decoder lookup (x: `<x> q a`)')
   ap.add_argument('--batch', type=int, default=32)
   ap.add_argument('--lr', type=float, default=1e-3)
   ap.add_argument('--layers', type=int, default=2)
@@ -287,7 +293,8 @@ def main(argv=None):
   res = run(a.steps, a.pairs, a.keys, a.values, a.batch, a.lr, a.seed, a.layers, a.d_model,
             a.eval_every, lambda s: print(s, flush=True), a.queries,
             a.min_pairs, a.decoder_queries, a.then_encoder_steps, a.repeats, a.fillers,
-            a.row_values, a.then_fillers, a.then_steps, a.suite_format)
+            a.row_values, a.then_fillers, a.then_steps, a.suite_format,
+            a.decoder_marks.replace('none', ''))
   if a.out:
     Path(a.out).write_text(json.dumps(res, indent=1))
 

@@ -115,6 +115,11 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
     out.append('config.data.options.query_in_decoder and config.eval.options.query_in_decoder '
                f'differ ({formats["data.options"]} / {formats["eval.options"]}): training '
                'and evaluation must use the same format')
+  marks = {k: dict(get(k) or {}).get('query_marks', 'xy') for k in formats}
+  if get('eval.name') and formats['data.options'] and len(set(marks.values())) > 1:
+    out.append('config.data.options.query_marks and config.eval.options.query_marks differ '
+               f'({marks["data.options"]!r} / {marks["eval.options"]!r}): training and '
+               'evaluation must read the query alike')
   for axis in ('data', 'fsdp', 'tensor'):
     v = get(f'mesh.{axis}')
     if not _is_int(v) or (v < 1 and v != -1):

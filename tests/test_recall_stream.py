@@ -32,10 +32,10 @@ def _segments(words, start):
   return out
 
 
-@pytest.mark.parametrize('separated', [False, True])
-def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated):
+@pytest.mark.parametrize('separated, marks', [(False, 'xy'), (True, 'xy'), (False, 'none')])
+def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated, marks):
   tok = synthetic.word_tokenizer('words')
-  b = _stream(separated=separated, pairs=5, queries=6).batch(0)
+  b = _stream(separated=separated, pairs=5, queries=6, query_marks=marks).batch(0)
   labels = set(synthetic.LABELS[:12])
   for enc, tgt, w in zip(b['encoder_inputs'], b['targets'], b['target_weights']):
     enc_words = tok.decode([i for i in enc if i]).split()
@@ -48,7 +48,12 @@ def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated):
       assert item[0] in synthetic.TRAIN_KEYS and item[-1] in labels
       assert item[0] not in synthetic.HELDOUT_KEYS
       stated[item[0]] = item[-1]
-    lookups = _segments(tok.decode([i for i in tgt if i]).replace('</s>', '').split(), '<x>')
+    dec_words = tok.decode([i for i in tgt if i]).replace('</s>', '').split()
+    if marks == 'xy':
+      lookups = _segments(dec_words, '<x>')
+    else:  # `q a q a ...`: one-word keys and values, no markers
+      assert '<x>' not in dec_words and '<y>' not in dec_words
+      lookups = [(q, '<y>', a) for q, a in zip(dec_words[::2], dec_words[1::2])]
     assert len(lookups) == 6
     scored = [int(i) for i, x in zip(tgt, w) if x]
     assert scored[-1] == data.EOS_ID and len(scored) == 7

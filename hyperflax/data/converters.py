@@ -11,10 +11,11 @@ Fields (B rows; lengths from `Lengths`):
   mode 'concat':    encoder_inputs [B, Lh+Le] = few-shot string + `<x> query </s>`,
                     hyper_num_used, hyper_num_dropped (T5-MTF-Few-shot)
   mode 'zero_shot': encoder_inputs [B, Le] (T5-MTF)
-  `query_in_decoder`: targets = `<x> query <y> target </s>`, weighted on
-                    `target </s>` only (the decoder reads the query, it is not
-                    scored on it); in mode 'concat' encoder_inputs = few-shot
-                    string + </s> (the query is in the decoder only)
+  `query_in_decoder`: targets = `<x> query <y> target </s>` (`query_marks`
+                    'none': `query target </s>`), weighted on `target </s>`
+                    only (the decoder reads the query, it is not scored on
+                    it); in mode 'concat' encoder_inputs = few-shot string +
+                    </s> (the query is in the decoder only)
   always:           decoder_inputs [B, Ld] (targets shifted right, 0 first),
                     targets [B, Ld] (target + </s>), target_weights [B, Ld]
   evaluation adds:  task_index, example_index [B] int32, is_padding [B] bool;
@@ -36,6 +37,10 @@ from hyperflax.data.fewshot import DataStats, Episode, _stable_hash
 from hyperflax.data.vocab import EOS_ID, NUM_EXTRA_IDS, PAD_ID, X_ID, Y_ID, sentinel_id
 
 MODES = ('hyper', 'concat', 'zero_shot')
+# How the decoder reads a query with `query_in_decoder`: 'xy' `<x> query <y> target`, 'none'
+# `query target` (at the demo's size a model learns to bind from the decoder in ~1,000 steps
+# with 'none' and not with 'xy' or `<x> query target`; bench/RESULTS.md, issue 13).
+QUERY_MARKS = ('xy', 'none')
 
 
 def fewshot_tokens(demos: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -102,7 +107,7 @@ class Converter:
                mode: str = 'hyper', stats: DataStats | None = None,
                target_eos: bool = True, cache_size: int = 500_000,
                recall_slots: int = 0, query_in_decoder: bool = False,
-               decoder_recall: int = 0):
+               decoder_recall: int = 0, query_marks: str = 'xy'):
     if mode not in MODES:
       raise ValueError(f'mode={mode!r}; expected one of {MODES}')
     if not 0 <= recall_slots <= NUM_EXTRA_IDS:
@@ -119,6 +124,9 @@ class Converter:
     if recall_slots and query_in_decoder:
       raise ValueError('recall_slots (sentinels in the encoder) and query_in_decoder exclude '
                        'each other; use decoder_recall')
+    if query_marks not in QUERY_MARKS:
+      raise ValueError(f'query_marks={query_marks!r}: expected one of {QUERY_MARKS}')
+    self.query_marks = query_marks
     self.recall_slots = recall_slots
     self.query_in_decoder = query_in_decoder
     self.decoder_recall = decoder_recall
@@ -177,16 +185,22 @@ class Converter:
     # The same cut for every option of a query: all are scored given the same query.
     longest = max([len(target) - len(self.ids(text))
                    + len(self.ids(t)) for t in (text, *(ep.query.options or ()))])
-    room = self.lengths.decoder - longest - 2
+    marks = 2 if self.query_marks == 'xy' else 0
+    room = self.lengths.decoder - longest - marks
     if room < 1:
       raise ValueError(f'{ep.task}: decoder length {self.lengths.decoder} leaves no room for '
-                       f'"<x> query <y>" before a {longest}-id target (query_in_decoder); '
+                       f'the query before a {longest}-id target (query_in_decoder); '
                        f'raise the decoder length (data.lengths[2])')
     query = list(self.ids(ep.query.input))
     if len(query) > room:
       self.stats.add(ep.task, 'queries_truncated', warn=True)
       query = query[:room]
-    return self._to_model([X_ID, *query, Y_ID, *target]), len(query) + 2
+    head = self.lookup_head(query)
+    return self._to_model([*head, *target]), len(head)
+
+  def lookup_head(self, query_ids: Sequence[int]) -> list[int]:
+    """What the decoder reads of a query before its target (`query_marks`)."""
+    return [X_ID, *query_ids, Y_ID] if self.query_marks == 'xy' else list(query_ids)
 
   def fewshot_ids(self, ep: Episode, budget: int) -> tuple[list[int], int, int]:
     demos = [(self.ids(d.input), self.ids(d.target)) for d in ep.demos]
@@ -351,7 +365,7 @@ class Converter:
       moved = ep.demos[len(ep.demos) - m:] if m else ()
       kept = list(ep.demos[:len(ep.demos) - m])
       for d in moved:
-        head, tail = [X_ID, *self.ids(d.input), Y_ID], list(self.ids(d.target))
+        head, tail = self.lookup_head(self.ids(d.input)), list(self.ids(d.target))
         if len(tgt) + len(head) + len(tail) + len(query) > self.lengths.decoder:
           kept.append(d)
           continue

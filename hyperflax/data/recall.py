@@ -5,6 +5,7 @@ decoder, in the suite's `query_in_decoder` format:
 
   encoder   <x> k1 v1 <x> k2 v2 ... </s>            (separated=True: <x> k1 <y> v1 ...)
   decoder   <x> q1 <y> a1 <x> q2 <y> a2 ... </s>    scored on the answers and </s>
+                                                    (query_marks='none': q1 a1 q2 a2 ... </s>)
 
 Keys are the suite's training keys (`synthetic.TRAIN_KEYS`: animals and pseudo-words, never a
 held-out family's), values its first `num_labels` output words, and every row is a fresh random
@@ -22,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from hyperflax.data.converters import pad_to
+from hyperflax.data.converters import Converter, pad_to
 from hyperflax.data.examples import Lengths
 from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID
 
@@ -32,11 +33,14 @@ class RecallStream:
 
   def __init__(self, tokenizer, lengths: Lengths, batch_size: int, seed: int,
                start_step: int = 0, keys=(), values=(), pairs: int = 4, queries: int = 8,
-               separated: bool = False):
+               separated: bool = False, query_marks: str = 'xy'):
     if pairs < 1 or pairs > len(keys):
       raise ValueError(f'synthetic_recall: pairs={pairs}; expected 1..{len(keys)}')
     if queries < 1:
       raise ValueError(f'synthetic_recall: queries={queries}; expected at least 1')
+    # The suite's decoder lookups, exactly (`Converter.lookup_head`).
+    self._head = Converter(tokenizer, lengths, 'concat', query_in_decoder=True,
+                           query_marks=query_marks).lookup_head
     self._to_model = getattr(tokenizer, 'to_model_ids', None) or (lambda ids: ids)
     self._keys = [list(tokenizer.encode(k)) for k in keys]
     self._values = [list(tokenizer.encode(v)) for v in values]
@@ -47,7 +51,7 @@ class RecallStream:
     k = max(map(len, self._keys))
     v = max(map(len, self._values))
     enc = pairs * (1 + k + separated + v) + 1
-    dec = queries * (2 + k + v) + 1
+    dec = queries * (len(self._head(self._keys[0])) - len(self._keys[0]) + k + v) + 1
     if enc > lengths.concat or dec > lengths.decoder:
       raise ValueError(
           f'synthetic_recall: a row needs up to {enc} encoder and {dec} decoder ids '
@@ -65,7 +69,7 @@ class RecallStream:
         enc += [X_ID, *self._keys[k], *([Y_ID] if self.separated else []), *self._values[v]]
       tgt, read = [], []
       for j in rng.integers(self.pairs, size=self.queries):
-        head = [X_ID, *self._keys[keys[j]], Y_ID]
+        head = self._head(self._keys[keys[j]])
         tgt += head + self._values[vals[j]]
         read += [1] * len(head) + [0] * len(self._values[vals[j]])
       enc_rows.append(pad_to(enc + [EOS_ID], self.lengths.concat))

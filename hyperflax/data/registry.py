@@ -50,8 +50,9 @@ _OPTIONS = {
                   'heldout_tasks_per_family', 'pool_size', 'max_queries',
                   'task_sampling', 'num_labels', 'many_keys', 'layouts',
                   'recall_slots', 'train_families', 'query_in_decoder',
-                  'decoder_recall'},
-    'recall': {'pairs', 'queries', 'num_labels', 'separated', 'query_in_decoder'},
+                  'decoder_recall', 'query_marks'},
+    'recall': {'pairs', 'queries', 'num_labels', 'separated', 'query_in_decoder',
+               'query_marks'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -273,7 +274,8 @@ def get_dataset(name: str, split: str = 'train', *, batch_size: int,
   converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats,
                         recall_slots=ctx.opt('recall_slots', 0) if split == 'train' else 0,
                         query_in_decoder=bool(ctx.opt('query_in_decoder', False)),
-                        decoder_recall=ctx.opt('decoder_recall', 0) if split == 'train' else 0)
+                        decoder_recall=ctx.opt('decoder_recall', 0) if split == 'train' else 0,
+                        query_marks=ctx.opt('query_marks', 'xy'))
   if split == 'train':
     if spec.train is None:
       raise ValueError(f'{name} has no training split (evaluation only)')
@@ -296,7 +298,8 @@ def get_eval_tasks(name: str, split: str = 'validation', *, seed: int = 0,
   spec, ctx = _context(name, seed, num_shots, data_dir, vocab_path, options)
   lengths = Lengths.make(lengths) if lengths is not None else spec.lengths
   converter = Converter(ctx.tokenizer, lengths, mode, ctx.stats,
-                        query_in_decoder=bool(ctx.opt('query_in_decoder', False)))
+                        query_in_decoder=bool(ctx.opt('query_in_decoder', False)),
+                        query_marks=ctx.opt('query_marks', 'xy'))
   return _eval_tasks(spec, ctx, split, converter)
 
 
@@ -383,7 +386,7 @@ def _recall_stream(ctx, split, mode, lengths, batch_size, start_step):
   return recall_lib.RecallStream(
       ctx.tokenizer, lengths, batch_size, ctx.seed, start_step, synthetic.TRAIN_KEYS,
       synthetic.LABELS[:num_labels], pairs=ctx.opt('pairs', 4), queries=ctx.opt('queries', 8),
-      separated=bool(ctx.opt('separated', False)))
+      separated=bool(ctx.opt('separated', False)), query_marks=ctx.opt('query_marks', 'xy'))
 
 
 def _bounded(stream, split, ctx):
