@@ -317,6 +317,10 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
     ValueError: for fusion-in-decoder and prefix adapters (not expressible).
   """
   from safetensors.numpy import save
+  if (adapter.manifest.get('query') or {}).get('in_decoder'):
+    raise ValueError('this adapter fits a downstream that reads the query in its decoder '
+                     '(trained with query_in_decoder); a PEFT model reads it in the encoder: '
+                     'serve it with hyperflax.predict instead.')
   if adapter.has_fusion:
     raise ValueError(f'{adapter.kind} adapter uses fusion-in-decoder (the downstream decoder '
                      'cross-attends to stored hypermodel states): PEFT has no equivalent. '

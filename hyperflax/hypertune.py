@@ -127,6 +127,14 @@ class Hypermodel:
     return self._sha256
 
 
+def query_format(converter) -> dict:
+  """The manifest's 'query' entry where the downstream reads the query in its decoder
+  (absent: in the encoder, as every adapter before it); serving scores alike."""
+  if not converter.query_in_decoder:
+    return {}
+  return {'query': {'in_decoder': True, 'marks': converter.query_marks}}
+
+
 def load_hypermodel(checkpoint: str) -> Hypermodel:
   """Reads a training workdir: config.json, the newest checkpoint, the tokenizer."""
   from hyperflax.data import registry
@@ -135,11 +143,7 @@ def load_hypermodel(checkpoint: str) -> Hypermodel:
   checkpoint = os.fspath(as_path(checkpoint))
   config = load_run_config(checkpoint, 'hypermodel')  # tokenizer pinned to the run's
   d = config.data
-  if dict(d.get('options', {}) or {}).get('query_in_decoder'):
-    # Adapters are served with the query in the encoder (serving, predict, PEFT export).
-    raise ValueError(f'{checkpoint}: trained with data.options.query_in_decoder (the query in '
-                     "the downstream's decoder); adapters, predict and serving do not support "
-                     'that format: evaluate it with hyperflax.evaluate')
+  options = dict(d.get('options', {}) or {})
   exp = Experiment.from_config(config)
   step, trainable = load_trainable(checkpoint, with_step=True)
   # The tokenizer the training data used (the synthetic suite has its own).
@@ -155,7 +159,9 @@ def load_hypermodel(checkpoint: str) -> Hypermodel:
     source = os.fspath(as_path(init_from)) if init_from else f'random init (seed {config.seed})'
   return Hypermodel(checkpoint, step, config, exp,
                     jax.tree.map(jnp.asarray, trainable['hyper']),
-                    Converter(ctx.tokenizer, lengths, 'hyper'), source,
+                    Converter(ctx.tokenizer, lengths, 'hyper',
+                              query_in_decoder=bool(options.get('query_in_decoder')),
+                              query_marks=options.get('query_marks', 'xy')), source,
                     _trained_downstream=trainable.get('downstream'))
 
 
@@ -207,6 +213,7 @@ def hypertune(model: Hypermodel | str, examples: Sequence[Example] | str,
                          'definition': bool(definition), 'stored': False},
       'tokenizer': tokenizer_info(hm.converter.tokenizer),
       'lengths': dataclasses.asdict(lengths),
+      **query_format(hm.converter),
       'created': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
   # Fusion states are stored as every decoder layer's cross-attention keys/values

@@ -111,6 +111,9 @@ class Server:
     self._vocab_key = ('override', vocab) if vocab else None
     self.lengths = lengths
     self._converter = None
+    # {'in_decoder': True, 'marks': ...} for adapters of a downstream trained with the query
+    # in its decoder (hypertune.query_format); None: the query is the encoder's input.
+    self._query = None
 
   # ---- adapters and tokens ---------------------------------------------------
 
@@ -129,6 +132,11 @@ class Server:
         info['kind'], info.get('sha256')):
       raise ValueError(f'adapter {name!r} was made with tokenizer {info}, the server already '
                        f'serves {self._vocab_key}: serve them separately')
+    query = adapter.manifest.get('query')
+    if self.adapters and query != self._query:
+      raise ValueError(f'adapter {name!r} reads the query as {query or "encoder input"}, the '
+                       f'server as {self._query or "encoder input"}: serve them separately')
+    self._query = query
     lengths = adapter.manifest.get('lengths')
     if lengths and self.lengths is None:
       self.lengths = (lengths['encoder'], lengths['decoder'])
@@ -151,7 +159,10 @@ class Server:
     if self.tokenizer is None or self.lengths is None:
       raise ValueError('no tokenizer/lengths yet: add an adapter or pass vocab= and lengths=')
     if self._converter is None:
-      self._converter = Converter(self.tokenizer, Lengths(1, *self.lengths), 'hyper')
+      q = self._query or {}
+      self._converter = Converter(self.tokenizer, Lengths(1, *self.lengths), 'hyper',
+                                  query_in_decoder=bool(q.get('in_decoder')),
+                                  query_marks=q.get('marks', 'xy'))
     return self._converter
 
   def _episode(self, text: str):
@@ -221,6 +232,10 @@ class Server:
     """
     if method not in ('greedy', 'beam'):
       raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+    if self._query:
+      raise ValueError('these adapters read the query in the decoder (trained with '
+                       'query_in_decoder): only rank scoring is supported, give each query '
+                       '"options"')
     names = self._names(adapters, len(texts))
     tokens = self.encode(texts)
     steps = max_new_tokens or self.lengths[1]
@@ -242,18 +257,30 @@ class Server:
           out[i]['score'] = float(np.asarray(scores)[j])
     return out
 
-  def _target_batch(self, texts, targets):
+  def _target_batch(self, texts, targets, options=None):
+    """Encoder ids, decoder inputs, targets and their weights (the query the decoder reads
+    before a target, with query_in_decoder, is not scored); `options`: per row, the options
+    scored with it (one query cut for all of them, as in training)."""
     from hyperflax.data.converters import pad_to
+    from hyperflax.data.examples import Example
+    from hyperflax.data.fewshot import Episode
     enc = self.encode(texts)
-    tgt = np.stack([pad_to(self.converter.target_ids(self._episode(''), t), self.lengths[1])
-                    for t in targets]).astype(np.int32)
+    tgt = np.zeros((len(targets), self.lengths[1]), np.int32)
+    weights = np.zeros(tgt.shape, np.float32)
+    for i, (text, t) in enumerate(zip(texts, targets)):
+      opts = tuple(options[i]) if options else ()
+      ids, read = self.converter.target_and_read(
+          Episode('predict', Example(text, t, opts), ()), t)
+      tgt[i] = pad_to(ids, self.lengths[1])
+      weights[i] = tgt[i] != 0
+      weights[i, :read] = 0.0
     dec = np.concatenate([np.zeros((len(targets), 1), np.int32), tgt[:, :-1]], axis=1)
-    return enc, dec, tgt
+    return enc, dec, tgt, weights
 
   def logits(self, texts: Sequence[str], targets: Sequence[str], adapters=None) -> np.ndarray:
     """[N, decoder_length, vocab] teacher-forced logits of `targets` (+ EOS)."""
     names = self._names(adapters, len(texts))
-    enc, dec, _ = self._target_batch(texts, targets)
+    enc, dec, _, _ = self._target_batch(texts, targets)
     out = np.zeros(dec.shape + (self.config.vocab_size,), np.float32)
     for rows, padded, peft, states, mask in self._steps(names):
       got = teacher_forced_logits(self.config, self.params, jnp.asarray(enc[padded]),
@@ -269,8 +296,9 @@ class Server:
     flat = [(i, o) for i, opts in enumerate(options) for o in opts]
     if any(not opts for opts in options):
       raise ValueError('every scored row needs at least one option')
-    enc, dec, tgt = self._target_batch([texts[i] for i, _ in flat], [o for _, o in flat])
-    weights = (tgt != 0).astype(np.float32)
+    enc, dec, tgt, weights = self._target_batch([texts[i] for i, _ in flat],
+                                                [o for _, o in flat],
+                                                [options[i] for i, _ in flat])
     values = np.zeros(len(flat), np.float32)
     for rows, padded, peft, states, mask in self._steps([names[i] for i, _ in flat]):
       got = target_log_likelihood(self.config, self.params, jnp.asarray(enc[padded]),

@@ -228,18 +228,51 @@ def test_hyper_init_of_prefix_mlp_reproduces_the_generated_prefixes(env, tmp_pat
     np.testing.assert_allclose(np.asarray(value)[0], adapter.tensors[name], atol=1e-5)
 
 
-def test_hypertune_refuses_a_query_in_decoder_hypermodel(tmp_path_factory):
-  """Adapters are served with the query in the encoder: a hypermodel trained with it in the
-  decoder would be scored in a format it never saw, so hypertune says so instead."""
+def test_query_in_decoder_adapters_are_scored_in_their_training_format(tmp_path_factory):
+  """A hypermodel trained with the query in the downstream's decoder records that in its
+  adapters, and serving scores them with the rows its evaluation scores (the query read
+  unscored in the decoder), not with the query in the encoder; generation and the PEFT
+  export, which would read it in the encoder, are refused in one line."""
   import json
   import fault_helpers as fh
-  from hyperflax import hypertune
+  from hyperflax import hypertune, serving
+  from hyperflax.data.converters import Converter
+  from hyperflax.data.examples import Example
+  from hyperflax.data.fewshot import Episode
   base = fh.trained_workdir(tmp_path_factory)
   run = fh.copy_run(base, tmp_path_factory.mktemp('qd') / 'run')
   path = os.path.join(run, 'config.json')
   cfg = json.load(open(path))
-  cfg['data']['options'] = {**(cfg['data'].get('options') or {}), 'query_in_decoder': True}
+  cfg['data']['options'] = {**(cfg['data'].get('options') or {}), 'query_in_decoder': True,
+                            'query_marks': 'none'}
   json.dump(cfg, open(path, 'w'))
   with fh.env(HYPERFLAX_DATA_DIR=base['data']):
-    with pytest.raises(ValueError, match='query_in_decoder .*adapters, predict and serving'):
-      hypertune.load_hypermodel(run)
+    hm = hypertune.load_hypermodel(run)
+    adapter = hypertune.hypertune(hm, [Example('red apple', 'yes'), Example('blue sky', 'no')])
+  assert adapter.manifest['query'] == {'in_decoder': True, 'marks': 'none'}
+  server = serving.Server(config=hm.t5_config, params=hm.downstream_params())
+  server.add_adapter('task', adapter)
+  options = ('yes', 'no')
+  enc, dec, tgt, weights = server._target_batch(['green apple'] * 2, list(options), [options] * 2)
+  lengths = hm.converter.lengths
+  ref = Converter(hm.converter.tokenizer, lengths, 'hyper', query_in_decoder=True,
+                  query_marks='none')
+  rows = next(ref.choice_batches([Episode('t', Example('green apple', 'yes', options), ())], 2))
+  np.testing.assert_array_equal(tgt, rows['targets'][:2])
+  np.testing.assert_array_equal(weights, rows['target_weights'][:2])
+  np.testing.assert_array_equal(enc, rows['encoder_inputs'][:2])
+  query_len = len(hm.converter.ids('green apple'))
+  assert (weights[:, :query_len] == 0).all() and weights[:, query_len].all()
+  # The same tensors without the record would be scored with the query in the encoder.
+  as_encoder = adapters_lib.Adapter(adapter.tensors, {k: v for k, v in adapter.manifest.items()
+                                                      if k != 'query'})
+  other = serving.Server(config=hm.t5_config, params=hm.downstream_params())
+  other.add_adapter('task', as_encoder)
+  assert not np.allclose(server.score(['green apple'], [options], 'task')[0]['scores'],
+                         other.score(['green apple'], [options], 'task')[0]['scores'])
+  with pytest.raises(ValueError, match='serve them separately'):
+    server.add_adapter('other', as_encoder)
+  with pytest.raises(ValueError, match='only rank scoring'):
+    server.generate(['green apple'], 'task')
+  with pytest.raises(ValueError, match='reads the query in its decoder'):
+    adapters_lib.export_peft(adapter, str(tmp_path_factory.mktemp('peft')))
