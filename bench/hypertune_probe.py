@@ -69,9 +69,12 @@ def run(hypermodel: str, out_dir: str, tasks: int = 10, num_labels: int | None =
   tuned_out, zero_out = (os.path.join(out_dir, n) for n in ('tuned.jsonl', 'zero_shot.jsonl'))
   _cli('hyperflax.predict', ['--model', model_dir, *adapters, '--inputs', queries,
                              '--out', tuned_out])
+  data_opts = config['data'].get('options') or {}
+  query = (['--query-in-decoder', data_opts.get('query_marks', 'xy')]
+           if data_opts.get('query_in_decoder') else [])
   _cli('hyperflax.predict', ['--model', model_dir, '--inputs', plain, '--out', zero_out,
                              '--vocab', vocab, '--lengths', str(lengths[1]),
-                             str(lengths[2])])
+                             str(lengths[2]), *query])
 
   def accuracy(path):
     preds = [json.loads(line)['prediction'] for line in open(path)]

@@ -64,7 +64,7 @@ def _named(specs: list[str]) -> dict[str, str]:
 def run(args) -> list[dict]:
   lengths = tuple(args.lengths) if args.lengths else None
   server = serving.Server(args.model, dtype=args.dtype, vocab=args.vocab, lengths=lengths,
-                          batch_size=args.batch_size)
+                          batch_size=args.batch_size, query_marks=args.query_in_decoder)
   named = _named(args.adapter or [])
   for name, path in named.items():
     server.add_adapter(name, path)
@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--vocab', default=None, help="tokenizer override: 'words', 'words_compact' or spiece.model")
   parser.add_argument('--lengths', type=int, nargs=2, metavar=('ENCODER', 'DECODER'),
                       help="token lengths (default: the adapter's)")
+  parser.add_argument('--query-in-decoder', choices=['none', 'xy'], default=None,
+                      help='the model was trained with the query in its decoder, read with '
+                           'these marks (zero-shot; adapters record it themselves)')
   parser.add_argument('--verbose', '--debug', action='store_true',
                       help='tracebacks and library INFO logs')
   args = parser.parse_args(argv)

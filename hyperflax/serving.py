@@ -87,12 +87,16 @@ class Server:
     vocab: tokenizer override ('words' or an spiece.model path); by default
       the tokenizer recorded in the first adapter's manifest.
     lengths: (encoder, decoder) token lengths; default from the adapters.
+    query_marks: the downstream reads the query in its decoder, with these marks
+      ('none' or 'xy'; `Converter.query_marks`): for zero-shot rows of a model
+      trained with query_in_decoder; by default the adapters' record says.
     batch_size: most rows per compiled step.
   """
 
   def __init__(self, model_dir: str | None = None, *, config: T5Config | None = None,
                params=None, dtype: str = 'float32', vocab: str | None = None,
-               lengths: tuple[int, int] | None = None, batch_size: int = 32):
+               lengths: tuple[int, int] | None = None, batch_size: int = 32,
+               query_marks: str | None = None):
     from hyperflax.pretrained import load_pretrained
     if model_dir:
       model, params = load_pretrained(model_dir, dropout_rate=0.0, dtype=dtype)
@@ -113,7 +117,7 @@ class Server:
     self._converter = None
     # {'in_decoder': True, 'marks': ...} for adapters of a downstream trained with the query
     # in its decoder (hypertune.query_format); None: the query is the encoder's input.
-    self._query = None
+    self._query = {'in_decoder': True, 'marks': query_marks} if query_marks else None
 
   # ---- adapters and tokens ---------------------------------------------------
 
@@ -133,7 +137,7 @@ class Server:
       raise ValueError(f'adapter {name!r} was made with tokenizer {info}, the server already '
                        f'serves {self._vocab_key}: serve them separately')
     query = adapter.manifest.get('query')
-    if self.adapters and query != self._query:
+    if (self.adapters or self._query) and query != self._query:
       raise ValueError(f'adapter {name!r} reads the query as {query or "encoder input"}, the '
                        f'server as {self._query or "encoder input"}: serve them separately')
     self._query = query

@@ -121,7 +121,7 @@ def test_hart_fusion_adapter_stores_states_and_serves_them(env, tmp_path):
   # Reference: the training forward, generating prefixes + fusion states in-graph.
   hyper_inputs = np.zeros((len(texts), 64), np.int32)
   hyper_inputs[:, :len(ids)] = ids
-  enc, dec, _ = server._target_batch(texts, targets)  # pylint: disable=protected-access
+  enc, dec, _, _ = server._target_batch(texts, targets)  # pylint: disable=protected-access
   batch = {'hyper_inputs': jnp.asarray(hyper_inputs), 'encoder_inputs': jnp.asarray(enc),
            'decoder_inputs': jnp.asarray(dec)}
   want, aux = jax.jit(hm.exp.forward)({'hyper': hm.hyper_params},

@@ -99,7 +99,7 @@ def torch_inputs(server, texts, targets=None):
   out = {'input_ids': torch.tensor(enc, dtype=torch.long),
          'attention_mask': torch.tensor(enc > 0, dtype=torch.long)}
   if targets is not None:
-    _, dec, tgt = server._target_batch(texts, targets)  # pylint: disable=protected-access
+    _, dec, tgt, _ = server._target_batch(texts, targets)  # pylint: disable=protected-access
     out['decoder_input_ids'] = torch.tensor(dec, dtype=torch.long)
     return out, tgt
   return out
