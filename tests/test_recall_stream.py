@@ -93,6 +93,7 @@ def test_compact_rows_are_the_word_rows_renumbered():
     (dict(pairs=0), 'pairs=0'),
     (dict(num_labels=99), 'num_labels=99'),
     (dict(shots=3), 'unknown option'),
+    (dict(keys='pseudo'), "keys='pseudo'"),
 ])
 def test_misuse_is_refused_in_one_line(kwargs, match):
   kw = dict(split='train', mode='concat', query_in_decoder=True)
@@ -102,3 +103,11 @@ def test_misuse_is_refused_in_one_line(kwargs, match):
     stream = data.get_dataset('synthetic_recall', split, batch_size=2, mode=mode,
                               lengths=LENGTHS, vocab_path='words', **kw)
     stream.batch(0)
+
+
+def test_animal_keys_option_draws_only_animals():
+  tok = synthetic.word_tokenizer('words')
+  b = _stream(keys='animals').batch(1)
+  words = set(tok.decode([i for i in b['encoder_inputs'].ravel() if i > 1]).split())
+  keys = words - set(synthetic.LABELS) - {'<x>', '<y>'}
+  assert keys and keys <= set(synthetic.ANIMALS)

@@ -52,7 +52,7 @@ _OPTIONS = {
                   'recall_slots', 'train_families', 'query_in_decoder',
                   'decoder_recall', 'query_marks'},
     'recall': {'pairs', 'queries', 'num_labels', 'separated', 'query_in_decoder',
-               'query_marks'},
+               'query_marks', 'keys'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -383,8 +383,12 @@ def _recall_stream(ctx, split, mode, lengths, batch_size, start_step):
   num_labels = ctx.opt('num_labels', 12)
   if not 2 <= num_labels <= len(synthetic.LABELS):
     raise ValueError(f'{ctx.name}: num_labels={num_labels}; expected 2..{len(synthetic.LABELS)}')
+  pools = {'train': synthetic.TRAIN_KEYS, 'animals': synthetic.ANIMALS}
+  keys = ctx.opt('keys', 'train')
+  if keys not in pools:
+    raise ValueError(f'{ctx.name}: keys={keys!r}; expected one of {sorted(pools)}')
   return recall_lib.RecallStream(
-      ctx.tokenizer, lengths, batch_size, ctx.seed, start_step, synthetic.TRAIN_KEYS,
+      ctx.tokenizer, lengths, batch_size, ctx.seed, start_step, pools[keys],
       synthetic.LABELS[:num_labels], pairs=ctx.opt('pairs', 4), queries=ctx.opt('queries', 8),
       separated=bool(ctx.opt('separated', False)), query_marks=ctx.opt('query_marks', 'xy'))
 
