@@ -4,8 +4,8 @@ r"""A new task family through the user-facing CLIs: hypertune -> predict vs zero
 
 For each of `--tasks` tasks of the synthetic suite's probe family
 (`synthetic.PROBE_FAMILY`: "<key> has <n>" -> the task's label for the key;
-a layout and keys no training or held-out family has, labels from the suite's
-output words), it writes the 16 demonstrations as JSONL and runs
+with --key_last "<n> has <key>"; a separator and keys no training or held-out
+family has, labels from the suite's output words), it writes the 16 demonstrations as JSONL and runs
 `python -m hyperflax.hypertune --checkpoint HYPERMODEL --examples ... --out
 ADAPTER`, then scores the task's queries (options given) with one
 `python -m hyperflax.predict` call over every adapter, and once without an
@@ -36,7 +36,8 @@ def _cli(module: str, args: list[str]) -> None:
     raise RuntimeError(f'{" ".join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}')
 
 
-def run(hypermodel: str, out_dir: str, tasks: int = 10, num_labels: int | None = None) -> dict:
+def run(hypermodel: str, out_dir: str, tasks: int = 10, num_labels: int | None = None,
+        key_last: bool = False) -> dict:
   config = json.load(open(os.path.join(hypermodel, 'config.json')))
   model_dir = config['model']['init_from']
   lengths = config['data']['lengths']
@@ -47,7 +48,7 @@ def run(hypermodel: str, out_dir: str, tasks: int = 10, num_labels: int | None =
   rows, gold, adapters = [], [], []
   t0 = time.time()
   for i in range(tasks):
-    task = synthetic.probe_task(i, num_labels=num_labels)
+    task = synthetic.probe_task(i, num_labels=num_labels, key_last=key_last)
     demos = os.path.join(out_dir, f'task{i}_demos.jsonl')
     with open(demos, 'w') as f:
       for d in task.demos:
@@ -81,6 +82,7 @@ def run(hypermodel: str, out_dir: str, tasks: int = 10, num_labels: int | None =
     return 100.0 * sum(p == g for p, g in zip(preds, gold)) / len(gold)
 
   result = {'hypermodel': hypermodel, 'tasks': tasks, 'queries': len(gold),
+            'family': task.group,
             'hypertuned': accuracy(tuned_out), 'zero_shot': accuracy(zero_out),
             'chance': 100 / 3, 'seconds': time.time() - t0}
   with open(os.path.join(out_dir, 'result.json'), 'w') as f:
@@ -94,9 +96,11 @@ def main(argv=None) -> None:
   ap.add_argument('--hypermodel', required=True, help='a hypermodel training workdir')
   ap.add_argument('--out', default='runs/hypertune_probe')
   ap.add_argument('--tasks', type=int, default=10)
+  ap.add_argument('--key_last', action='store_true',
+                  help="'<n> has <key>' (synthetic.PROBE_FAMILY_KEY_LAST) instead of '<key> has <n>'")
   args = ap.parse_args(argv)
   logging.getLogger().setLevel(logging.WARNING)
-  run(args.hypermodel, args.out, args.tasks)
+  run(args.hypermodel, args.out, args.tasks, key_last=args.key_last)
 
 
 if __name__ == '__main__':

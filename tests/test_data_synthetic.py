@@ -192,6 +192,9 @@ def test_probe_family_and_label_subset():
   assert not words & set(synthetic.PROBE_KEYS)
   # A query's key is among the demonstrations' (the rule is revealed).
   assert keys == {e.input.split()[0] for e in task.demos}
+  last = synthetic.probe_task(0, key_last=True)
+  assert {e.input.split()[-1] for e in last.queries} <= set(synthetic.PROBE_KEYS)
+  assert all(e.input.split()[1] == 'has' for e in last.demos + last.queries)
   few = synthetic.SyntheticSuite(train_tasks_per_family=5, num_labels=12)
   outs = {e.target for t in few.train_tasks() + few.eval_tasks('validation')
           for e in getattr(t, 'examples', ()) or t.queries}

@@ -213,18 +213,23 @@ LAYOUTS = ('fixed', 'varied', 'varied_key_last')
 # A family no suite task has (new layout, new keys, the suite's output words):
 # what a user would hypertune an adapter for (`bench/hypertune_probe.py`).
 PROBE_FAMILY = Family('lookup_has', _lookup(PROBE_KEYS, '{key} has {n}'), True)
+# The same with the key last, as in the held-out families' and the `varied_key_last`
+# training layouts (the separator 'has' and the keys are still new).
+PROBE_FAMILY_KEY_LAST = Family('lookup_has_key_last', _lookup(PROBE_KEYS, '{n} has {key}'), True)
 
 
 def probe_task(index: int = 0, num_shots: int = 16, seed: int = 0,
-               num_labels: int = len(LABELS)) -> EvalTaskData:
-  """One task of `PROBE_FAMILY`: `num_shots` demonstrations + the other queries."""
+               num_labels: int = len(LABELS), key_last: bool = False) -> EvalTaskData:
+  """One task of `PROBE_FAMILY` (`PROBE_FAMILY_KEY_LAST`): `num_shots` demonstrations +
+  the other queries."""
+  family = PROBE_FAMILY_KEY_LAST if key_last else PROBE_FAMILY
   rng = np.random.default_rng([seed, 99, index])
-  name = f'{PROBE_FAMILY.name}/{index:04d}'
+  name = f'{family.name}/{index:04d}'
   exs = [Example(i, o, tuple(opts), origin=f'synthetic:{name}')
-         for i, o, opts in PROBE_FAMILY.make(rng, 48, LABELS[:num_labels])]
+         for i, o, opts in family.make(rng, 48, LABELS[:num_labels])]
   demos, queries = eval_split(exs, num_shots, seed, name)
   return EvalTaskData(name, demos, queries, metric='accuracy',
-                      group=f'probe:{PROBE_FAMILY.name}')
+                      group=f'probe:{family.name}')
 
 
 # ---- the suite -----------------------------------------------------------------
