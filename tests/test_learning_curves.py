@@ -47,3 +47,44 @@ def test_query_in_decoder_must_be_the_training_and_the_scoring_format():
   cfg = lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True},
                                          'eval.options': {'query_in_decoder': True}})
   assert cfg.data.options['query_in_decoder'] and cfg.eval.options['query_in_decoder']
+
+
+def test_curriculum_stages_validate_and_chain_downstreams():
+  """Every stage's config passes config_check (e.g. the query format of training and
+  scoring agree), and each starts from the stage the curriculum says."""
+  import curriculum
+  steps = {'recall_adjacent': 10, 'recall_separated': 10, 'fewshot': 10, 'hypermodel': 10,
+           't5_mtf': 10}
+  plan = curriculum.stages(steps, ['hart', 'lora'])
+  assert [p[0] for p in plan] == ['recall_adjacent', 'recall_separated', 'fewshot', 'hart',
+                                  'lora', 't5_mtf']
+  after = {name: prev for name, _, _, _, prev in plan}
+  assert after == {'recall_adjacent': '', 'recall_separated': 'recall_adjacent',
+                   'fewshot': 'recall_separated', 'hart': 'fewshot', 'lora': 'fewshot',
+                   't5_mtf': ''}
+  for name, model, n, overrides, prev in plan:
+    cfg = lc.config_for(model, n, 0, overrides, f'/x/{prev}/downstream' if prev else '')
+    opts = dict(cfg.data.options)
+    if name.startswith('recall'):
+      assert cfg.data.name == 'synthetic_recall'
+      assert opts.get('separated', False) is (name != 'recall_adjacent')
+    if name == 't5_mtf':
+      assert not opts.get('query_in_decoder') and cfg.method == 't5_mtf'
+    else:
+      assert opts['query_in_decoder'] and dict(cfg.eval.options)['query_in_decoder']
+    assert cfg.model.overrides.vocab_size == 5248 and cfg.data.vocab_path == 'words_compact'
+
+
+@pytest.mark.slow  # six short trainings (~3 min on 2 cores)
+def test_curriculum_runs_end_to_end(tmp_path, capsys):
+  import curriculum
+  summary = curriculum.run(str(tmp_path), 0, ['hart'], {
+      'recall_adjacent': 3, 'recall_separated': 3, 'fewshot': 3, 'hypermodel': 3, 't5_mtf': 3})
+  assert list(summary['stages']) == ['recall_adjacent', 'recall_separated', 'fewshot', 'hart',
+                                     't5_mtf']
+  for name, prev in (('recall_separated', 'recall_adjacent'), ('fewshot', 'recall_separated'),
+                     ('hart', 'fewshot')):
+    cfg = json.loads((tmp_path / name / 'config.json').read_text())
+    assert cfg['model']['init_from'] == str(tmp_path / prev / 'downstream')
+  assert json.loads((tmp_path / 'summary.json').read_text()) == summary
+  assert 'hart' in capsys.readouterr().out
