@@ -76,12 +76,12 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
   for name, model, n, overrides, after in stages(steps, hypermodels):
     downstream = os.path.join(workdir, after, 'downstream') if after else ''
     rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
-    last = max(rows, key=lambda r: r['step'])
+    last = next(r for r in rows if r['step'] == n)
     while (name.startswith('recall') and last['loss'] > bound_loss
            and last['step'] + 250 <= max_recall_steps):
-      rows = lc.run_curve(workdir, model, [last['step'] + 250], seed, overrides, downstream,
-                          name, splits)
-      last = max(rows, key=lambda r: r['step'])
+      n = last['step'] + 250
+      rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
+      last = next(r for r in rows if r['step'] == n)
     summary['stages'][name] = {
         'step': last['step'], 'loss': last['loss'],
         **{s: {'accuracy': last[s]['accuracy'], 'chance': last[s]['chance'],

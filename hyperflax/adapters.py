@@ -30,7 +30,8 @@ fusion (null or {length, note}), downstream ({config: transformers config
 dict, params_sha256, source}), hypermodel ({checkpoint, step, method, kind,
 train_downstream}), demonstrations ({given, used, dropped_to_fit,
 beyond_num_shots, definition, stored: false}), tokenizer ({kind, path,
-sha256}), lengths ({hyper, encoder, decoder}), created.
+sha256}), lengths ({hyper, encoder, decoder}), query (only where the downstream
+reads the query in its decoder: {in_decoder: true, marks}), created.
 
 PEFT export. LoRA adapters export to the Hugging Face PEFT layout
 (`adapter_config.json` + `adapter_model.safetensors`): lora_A = a.T,
@@ -62,7 +63,9 @@ from hyperflax.model import peft as peft_lib
 from hyperflax.model.config import T5Config
 from hyperflax.workdir import as_path, write_atomic
 
-FORMAT, FORMAT_VERSION = 'hyperflax-adapter', 2  # 2: precomputed fusion keys/values
+# 2: precomputed fusion keys/values; 3: the downstream reads the query in its decoder
+# (manifest 'query'), which a reader of versions 1-2 would silently score in the encoder.
+FORMAT, FORMAT_VERSION = 'hyperflax-adapter', 3
 MANIFEST_FILE, TENSORS_FILE = 'manifest.json', 'adapter.safetensors'
 HASH_CACHE_FILE = 'hyperflax_params_sha256.json'
 PEFT_CONFIG_FILE, PEFT_WEIGHTS_FILE = 'adapter_config.json', 'adapter_model.safetensors'
@@ -152,9 +155,9 @@ class Adapter:
 
 def _describe(manifest: dict, tensors: dict) -> dict:
   """Sets the manifest's format, peft_type, tensors and fusion fields."""
-  # Version 2 only where its one new layout is used, so readers of version 1
-  # keep reading every other adapter.
-  version = FORMAT_VERSION if 'decoder/cross/fusion/k' in tensors else 1
+  # Each version only where its new layout is used, so older readers keep reading every
+  # other adapter.
+  version = 3 if manifest.get('query') else 2 if 'decoder/cross/fusion/k' in tensors else 1
   manifest = dict(manifest, format=FORMAT, format_version=version)
   manifest['peft_type'] = 'prefix' if any('/prefix/' in k for k in tensors) else 'lora'
   manifest['tensors'] = {k: {'shape': list(v.shape), 'dtype': str(v.dtype)}

@@ -115,7 +115,14 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
     out.append('config.data.options.query_in_decoder and config.eval.options.query_in_decoder '
                f'differ ({formats["data.options"]} / {formats["eval.options"]}): training '
                'and evaluation must use the same format')
+  from hyperflax.data.converters import QUERY_MARKS
   marks = {k: dict(get(k) or {}).get('query_marks', 'xy') for k in formats}
+  for k, v in marks.items():
+    if v not in QUERY_MARKS:
+      out.append(f'config.{k}.query_marks={v!r}: allowed {", ".join(QUERY_MARKS)}')
+    elif v != 'xy' and not formats[k]:
+      out.append(f'config.{k}.query_marks={v!r} needs config.{k}.query_in_decoder=True '
+                 '(it says how the decoder reads the query)')
   if get('eval.name') and formats['data.options'] and len(set(marks.values())) > 1:
     out.append('config.data.options.query_marks and config.eval.options.query_marks differ '
                f'({marks["data.options"]!r} / {marks["eval.options"]!r}): training and '

@@ -148,7 +148,7 @@ def load_hypermodel(checkpoint: str) -> Hypermodel:
   step, trainable = load_trainable(checkpoint, with_step=True)
   # The tokenizer the training data used (the synthetic suite has its own).
   _, ctx = registry._context(d.name, config.seed, d.num_shots, d.get('data_dir') or None,  # pylint: disable=protected-access
-                             d.get('vocab_path') or None, dict(d.get('options', {}) or {}))
+                             d.get('vocab_path') or None, options)
   lengths = (Lengths.make(tuple(d.lengths)) if d.get('lengths')
              else registry.REGISTRY[d.name].lengths)
   from hyperflax.data.converters import Converter
@@ -313,6 +313,10 @@ def _run(parser, args) -> int:
     if not (args.checkpoint and args.examples and args.out):
       parser.error('--checkpoint, --examples and --out are required (or give --adapter)')
     hm = load_hypermodel(args.checkpoint)
+    if args.export_peft and hm.converter.query_in_decoder:
+      raise ValueError(f'{args.checkpoint}: its downstream reads the query in its decoder '
+                       '(query_in_decoder); a PEFT model reads it in the encoder: drop '
+                       '--export-peft and serve the adapter with hyperflax.predict')
     adapter = hypertune(hm, args.examples, args.definition, args.max_demos)
     adapters_lib.save_adapter(adapter, args.out)
     demos = adapter.manifest['demonstrations']

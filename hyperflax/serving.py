@@ -19,6 +19,7 @@ module caches keyed by path, so repeated calls stay warm.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from typing import Any, Sequence
@@ -138,8 +139,10 @@ class Server:
                        f'serves {self._vocab_key}: serve them separately')
     query = adapter.manifest.get('query')
     if (self.adapters or self._query) and query != self._query:
-      raise ValueError(f'adapter {name!r} reads the query as {query or "encoder input"}, the '
-                       f'server as {self._query or "encoder input"}: serve them separately')
+      where = ('the other adapters' if self.adapters else
+               'the query format asked for (--query-in-decoder / query_marks)')
+      raise ValueError(f'adapter {name!r} reads the query as {query or "encoder input"}, '
+                       f'{where} as {self._query or "encoder input"}: serve them separately')
     self._query = query
     lengths = adapter.manifest.get('lengths')
     if lengths and self.lengths is None:
@@ -283,6 +286,10 @@ class Server:
 
   def logits(self, texts: Sequence[str], targets: Sequence[str], adapters=None) -> np.ndarray:
     """[N, decoder_length, vocab] teacher-forced logits of `targets` (+ EOS)."""
+    if self._query:
+      raise ValueError('these adapters read the query in the decoder (trained with '
+                       'query_in_decoder): the decoder positions would start with it; use '
+                       'score()')
     names = self._names(adapters, len(texts))
     enc, dec, _, _ = self._target_batch(texts, targets)
     out = np.zeros(dec.shape + (self.config.vocab_size,), np.float32)
@@ -329,10 +336,21 @@ _SERVERS: dict[tuple, Server] = {}
 _HYPERMODELS: dict[str, Any] = {}
 
 
-def get_server(model_dir: str, dtype: str = 'float32', vocab: str | None = None) -> Server:
-  key = (os.path.abspath(model_dir), dtype, vocab)
+def _manifest(adapter) -> dict:
+  if isinstance(adapter, adapters_lib.Adapter):
+    return adapter.manifest
+  from hyperflax.workdir import as_path
+  path = as_path(adapter) / adapters_lib.MANIFEST_FILE
+  return json.loads(path.read_text()) if path.exists() else {}  # load_adapter says why
+
+
+def get_server(model_dir: str, dtype: str = 'float32', vocab: str | None = None,
+               query_marks: str | None = None) -> Server:
+  """A cached server per model, dtype, tokenizer and query format (`query_marks`: the
+  query read in the decoder, as `Server`'s)."""
+  key = (os.path.abspath(model_dir), dtype, vocab, query_marks)
   if key not in _SERVERS:
-    _SERVERS[key] = Server(model_dir, dtype=dtype, vocab=vocab)
+    _SERVERS[key] = Server(model_dir, dtype=dtype, vocab=vocab, query_marks=query_marks)
   return _SERVERS[key]
 
 
@@ -364,9 +382,15 @@ def predict(model: str | Server, adapter, queries: Sequence[str | dict], **gener
   Returns:
     Per query {'input', 'adapter', 'prediction', ...} ('scores' for options).
   """
-  server = model if isinstance(model, Server) else get_server(model)
   rows = [{'input': q} if isinstance(q, str) else dict(q) for q in queries]
   per_row = adapter if isinstance(adapter, (list, tuple)) else [adapter] * len(rows)
+  if isinstance(model, Server):
+    server = model
+  else:
+    # The adapters' query format picks the cached server (their manifests say it).
+    unique = {a if isinstance(a, str) else id(a): a for a in per_row if a is not None}
+    marks = {(_manifest(a).get('query') or {}).get('marks') for a in unique.values()}
+    server = get_server(model, query_marks=marks.pop() if len(marks) == 1 else None)
   names = []
   for a in per_row:
     if a is None or (isinstance(a, str) and a in server.adapters):

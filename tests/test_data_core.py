@@ -189,11 +189,34 @@ def _recall_rows(conv, field):
     yield ep, b, kept, [k for k in ANSWERS if k not in kept]
 
 
-def _decoder_lookups(moved):
-  """The decoder row: each moved demonstration, then the query, as `<x> in <y> out`."""
+def _decoder_lookups(moved, marks='xy'):
+  """The decoder row: each moved demonstration, then the query, as `<x> in <y> out`
+  (marks 'none': `in out`)."""
   c = CharTok().encode
-  return [t for k in moved for t in (X, *c(k), Y, *c(ANSWERS[k]))] + [X, *c('q'), Y,
-                                                                      *c('z'), EOS]
+  head = (lambda k: [X, *c(k), Y]) if marks == 'xy' else c
+  return [t for k in moved for t in (*head(k), *c(ANSWERS[k]))] + [*head('q'), *c('z'), EOS]
+
+
+def test_decoder_recall_rows_without_marks():
+  c = CharTok().encode
+  conv = converters.Converter(CharTok(), Lengths(hyper=40, encoder=8, decoder=20), 'concat',
+                              query_in_decoder=True, decoder_recall=3, query_marks='none')
+  seen = set()
+  for ep, b, kept, moved in _recall_rows(conv, 'encoder_inputs'):
+    seen.add(len(moved))
+    tgt, w = b['targets'][0].tolist(), b['target_weights'][0].tolist()
+    want = _decoder_lookups(moved, 'none')
+    assert tgt[:len(want)] == want and not any(tgt[len(want):])
+    assert X not in tgt and Y not in tgt
+    # The encoder keeps the paper's `<x> in <y> out` demonstrations.
+    enc = [i for i in b['encoder_inputs'][0].tolist() if i]
+    assert enc == [t for k in kept for t in (X, *c(k), Y, *c(ANSWERS[k]))] + [EOS]
+    assert [t for t, x in zip(tgt, w) if x] == [*(c(ANSWERS[k])[0] for k in moved), *c('z'),
+                                                EOS]
+  assert seen == {0, 1, 2, 3}
+  with pytest.raises(ValueError, match="query_marks='y'"):
+    converters.Converter(CharTok(), Lengths(8, 5, 3), 'concat', query_in_decoder=True,
+                         query_marks='y')
 
 
 def test_decoder_recall_rows_move_demos_to_the_decoder():

@@ -34,7 +34,9 @@ def tasks_pkg():
 
 def test_all_names_registered_idempotently(tasks_pkg):
   tasks, seqio = tasks_pkg
-  assert REQUIRED <= set(tasks.TASK_NAMES) == set(registry.names())
+  # Training-only streams of query_in_decoder rows (synthetic_recall) have no SeqIO task.
+  fewshot = {n for n in registry.names() if registry.REGISTRY[n].kind != 'recall'}
+  assert REQUIRED <= set(tasks.TASK_NAMES) == fewshot != set(registry.names())
   before = set(seqio.TaskRegistry.names())
   again = tasks.register_all(data_dir=SHARED)
   assert set(again) == set(tasks.TASK_NAMES)

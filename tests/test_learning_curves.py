@@ -88,3 +88,15 @@ def test_curriculum_runs_end_to_end(tmp_path, capsys):
     assert cfg['model']['init_from'] == str(tmp_path / prev / 'downstream')
   assert json.loads((tmp_path / 'summary.json').read_text()) == summary
   assert 'hart' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('data, evl, match', [
+    ({'query_in_decoder': True, 'query_marks': 'none'}, {'query_in_decoder': True},
+     "query_marks differ \\('none' / 'xy'\\)"),
+    ({'query_in_decoder': True, 'query_marks': 'x'}, {'query_in_decoder': True, 'query_marks': 'x'},
+     "data.options.query_marks='x': allowed xy, none"),
+    ({'query_marks': 'none'}, {'query_marks': 'none'}, 'needs config.data.options.query_in_decoder'),
+])
+def test_query_marks_are_checked_in_one_line(data, evl, match):
+  with pytest.raises(ValueError, match=match):
+    lc.config_for('fewshot', 10, 0, {'data.options': data, 'eval.options': evl})

@@ -35,7 +35,7 @@ def _segments(words, start):
 @pytest.mark.parametrize('separated, marks', [(False, 'xy'), (True, 'xy'), (False, 'none')])
 def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated, marks):
   tok = synthetic.word_tokenizer('words')
-  b = _stream(separated=separated, pairs=5, queries=6, query_marks=marks).batch(0)
+  b = _stream(separated=separated, pairs=5, queries=6, query_marks=marks, num_labels=12).batch(0)
   labels = set(synthetic.LABELS[:12])
   for enc, tgt, w in zip(b['encoder_inputs'], b['targets'], b['target_weights']):
     enc_words = tok.decode([i for i in enc if i]).split()
@@ -53,12 +53,14 @@ def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated, marks):
       lookups = _segments(dec_words, '<x>')
     else:  # `q a q a ...`: one-word keys and values, no markers
       assert '<x>' not in dec_words and '<y>' not in dec_words
-      lookups = [(q, '<y>', a) for q, a in zip(dec_words[::2], dec_words[1::2])]
+      lookups = [(q, a) for q, a in zip(dec_words[::2], dec_words[1::2])]
     assert len(lookups) == 6
     scored = [int(i) for i, x in zip(tgt, w) if x]
     assert scored[-1] == data.EOS_ID and len(scored) == 7
-    for (key, y, answer), ans_id in zip(lookups, scored):
-      assert y == '<y>' and stated[key] == answer and tok.decode([ans_id]) == answer
+    for lookup, ans_id in zip(lookups, scored):
+      key, answer = lookup[0], lookup[-1]
+      assert stated[key] == answer and tok.decode([ans_id]) == answer
+      assert list(lookup[1:-1]) == (['<y>'] if marks == 'xy' else [])
   np.testing.assert_array_equal(b['decoder_inputs'][:, 1:], b['targets'][:, :-1])
   assert (b['decoder_inputs'][:, 0] == 0).all()
 
@@ -94,6 +96,9 @@ def test_compact_rows_are_the_word_rows_renumbered():
     (dict(num_labels=99), 'num_labels=99'),
     (dict(shots=3), 'unknown option'),
     (dict(keys='pseudo'), "keys='pseudo'"),
+    (dict(keys=['cat']), "keys=\\['cat'\\]"),
+    (dict(pairs='4'), "pairs='4'; expected an integer"),
+    (dict(query_marks='x'), "query_marks='x'"),
 ])
 def test_misuse_is_refused_in_one_line(kwargs, match):
   kw = dict(split='train', mode='concat', query_in_decoder=True)

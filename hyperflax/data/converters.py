@@ -43,6 +43,11 @@ MODES = ('hyper', 'concat', 'zero_shot')
 QUERY_MARKS = ('xy', 'none')
 
 
+def lookup_head(query_ids: Sequence[int], marks: str) -> list[int]:
+  """What the decoder reads of a query before its target (`query_marks`)."""
+  return [X_ID, *query_ids, Y_ID] if marks == 'xy' else list(query_ids)
+
+
 def fewshot_tokens(demos: Sequence[tuple[Sequence[int], Sequence[int]]],
                    definition: Sequence[int] | None, budget: int
                    ) -> tuple[list[int], int, int, bool]:
@@ -185,8 +190,7 @@ class Converter:
     # The same cut for every option of a query: all are scored given the same query.
     longest = max([len(target) - len(self.ids(text))
                    + len(self.ids(t)) for t in (text, *(ep.query.options or ()))])
-    marks = 2 if self.query_marks == 'xy' else 0
-    room = self.lengths.decoder - longest - marks
+    room = self.lengths.decoder - longest - len(lookup_head((), self.query_marks))
     if room < 1:
       raise ValueError(f'{ep.task}: decoder length {self.lengths.decoder} leaves no room for '
                        f'the query before a {longest}-id target (query_in_decoder); '
@@ -195,12 +199,8 @@ class Converter:
     if len(query) > room:
       self.stats.add(ep.task, 'queries_truncated', warn=True)
       query = query[:room]
-    head = self.lookup_head(query)
+    head = lookup_head(query, self.query_marks)
     return self._to_model([*head, *target]), len(head)
-
-  def lookup_head(self, query_ids: Sequence[int]) -> list[int]:
-    """What the decoder reads of a query before its target (`query_marks`)."""
-    return [X_ID, *query_ids, Y_ID] if self.query_marks == 'xy' else list(query_ids)
 
   def fewshot_ids(self, ep: Episode, budget: int) -> tuple[list[int], int, int]:
     demos = [(self.ids(d.input), self.ids(d.target)) for d in ep.demos]
@@ -365,7 +365,7 @@ class Converter:
       moved = ep.demos[len(ep.demos) - m:] if m else ()
       kept = list(ep.demos[:len(ep.demos) - m])
       for d in moved:
-        head, tail = self.lookup_head(self.ids(d.input)), list(self.ids(d.target))
+        head, tail = lookup_head(self.ids(d.input), self.query_marks), list(self.ids(d.target))
         if len(tgt) + len(head) + len(tail) + len(query) > self.lengths.decoder:
           kept.append(d)
           continue

@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from hyperflax.data.converters import Converter, pad_to
+from hyperflax.data.converters import QUERY_MARKS, lookup_head, pad_to
 from hyperflax.data.examples import Lengths
 from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID
 
@@ -38,9 +38,10 @@ class RecallStream:
       raise ValueError(f'synthetic_recall: pairs={pairs}; expected 1..{len(keys)}')
     if queries < 1:
       raise ValueError(f'synthetic_recall: queries={queries}; expected at least 1')
-    # The suite's decoder lookups, exactly (`Converter.lookup_head`).
-    self._head = Converter(tokenizer, lengths, 'concat', query_in_decoder=True,
-                           query_marks=query_marks).lookup_head
+    if query_marks not in QUERY_MARKS:
+      raise ValueError(f'synthetic_recall: query_marks={query_marks!r}; expected one of '
+                       f'{QUERY_MARKS}')
+    self._marks = query_marks
     self._to_model = getattr(tokenizer, 'to_model_ids', None) or (lambda ids: ids)
     self._keys = [list(tokenizer.encode(k)) for k in keys]
     self._values = [list(tokenizer.encode(v)) for v in values]
@@ -51,7 +52,7 @@ class RecallStream:
     k = max(map(len, self._keys))
     v = max(map(len, self._values))
     enc = pairs * (1 + k + separated + v) + 1
-    dec = queries * (len(self._head(self._keys[0])) - len(self._keys[0]) + k + v) + 1
+    dec = queries * (len(lookup_head((), query_marks)) + k + v) + 1
     if enc > lengths.concat or dec > lengths.decoder:
       raise ValueError(
           f'synthetic_recall: a row needs up to {enc} encoder and {dec} decoder ids '
@@ -69,7 +70,7 @@ class RecallStream:
         enc += [X_ID, *self._keys[k], *([Y_ID] if self.separated else []), *self._values[v]]
       tgt, read = [], []
       for j in rng.integers(self.pairs, size=self.queries):
-        head = self._head(self._keys[keys[j]])
+        head = lookup_head(self._keys[keys[j]], self._marks)
         tgt += head + self._values[vals[j]]
         read += [1] * len(head) + [0] * len(self._values[vals[j]])
       enc_rows.append(pad_to(enc + [EOS_ID], self.lengths.concat))

@@ -380,12 +380,16 @@ def _recall_stream(ctx, split, mode, lengths, batch_size, start_step):
     raise ValueError(f'{ctx.name}: rows are T5-MTF-Few-shot rows with the queries in the '
                      f'decoder: needs mode "concat" (got {mode!r}) and option '
                      'query_in_decoder=True (as in eval.options)')
-  num_labels = ctx.opt('num_labels', 12)
+  for key in ('num_labels', 'pairs', 'queries'):
+    if not isinstance(ctx.opt(key, 1), int) or isinstance(ctx.opt(key), bool):
+      raise ValueError(f'{ctx.name}: {key}={ctx.opt(key)!r}; expected an integer')
+  # The suite's default: values from all its output words.
+  num_labels = ctx.opt('num_labels', len(synthetic.LABELS))
   if not 2 <= num_labels <= len(synthetic.LABELS):
     raise ValueError(f'{ctx.name}: num_labels={num_labels}; expected 2..{len(synthetic.LABELS)}')
   pools = {'train': synthetic.TRAIN_KEYS, 'animals': synthetic.ANIMALS}
   keys = ctx.opt('keys', 'train')
-  if keys not in pools:
+  if not isinstance(keys, str) or keys not in pools:
     raise ValueError(f'{ctx.name}: keys={keys!r}; expected one of {sorted(pools)}')
   return recall_lib.RecallStream(
       ctx.tokenizer, lengths, batch_size, ctx.seed, start_step, pools[keys],
