@@ -101,7 +101,7 @@ def main(argv=None) -> None:
   ap.add_argument('--workdir', default='runs/curriculum')
   ap.add_argument('--seed', type=int, default=0)
   ap.add_argument('--hypermodels', default='hart', help='comma-separated demo.VARIANTS')
-  ap.add_argument('--recall_steps', default='1000,500', help='adjacent,separated')
+  ap.add_argument('--recall_steps', default='1000,1000', help='adjacent,separated')
   ap.add_argument('--fewshot_steps', type=int, default=500)
   ap.add_argument('--hypermodel_steps', type=int, default=300)
   ap.add_argument('--t5_mtf_steps', type=int, default=500)

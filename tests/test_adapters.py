@@ -250,6 +250,7 @@ def test_query_in_decoder_adapters_are_scored_in_their_training_format(tmp_path_
     hm = hypertune.load_hypermodel(run)
     adapter = hypertune.hypertune(hm, [Example('red apple', 'yes'), Example('blue sky', 'no')])
   assert adapter.manifest['query'] == {'in_decoder': True, 'marks': 'none'}
+  assert adapters_lib._describe(adapter.manifest, adapter.tensors)['format_version'] == 3
   server = serving.Server(config=hm.t5_config, params=hm.downstream_params())
   server.add_adapter('task', adapter)
   options = ('yes', 'no')
