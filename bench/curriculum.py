@@ -86,13 +86,14 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
         'step': last['step'], 'loss': last['loss'],
         **{s: {'accuracy': last[s]['accuracy'], 'chance': last[s]['chance'],
                'per_group': {g: v['accuracy'] for g, v in last[s]['per_group'].items()}}
-           for s in splits}}
+           for s in splits if s in last}}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:
     json.dump(summary, f, indent=1)
   chance = next(iter(summary['stages'].values()))[splits[0]]['chance']
   print(f'seed {seed}: rank accuracy (%), chance {chance:.1f} on {splits[0]}')
   for name, st in summary['stages'].items():
-    print(f'  {name:18s} ' + '  '.join(f'{s} {st[s]["accuracy"]:5.1f}' for s in splits))
+    print(f'  {name:18s} ' + '  '.join(f'{s} {st[s]["accuracy"]:5.1f}' for s in splits
+                                      if s in st))
   return summary
 
 
