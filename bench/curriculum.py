@@ -85,6 +85,7 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
     summary['stages'][name] = {
         'step': last['step'], 'loss': last['loss'],
         **{s: {'accuracy': last[s]['accuracy'], 'chance': last[s]['chance'],
+               'majority': last[s].get('majority'),
                'per_group': {g: v['accuracy'] for g, v in last[s]['per_group'].items()}}
            for s in splits if s in last}}
   with open(os.path.join(workdir, 'summary.json'), 'w') as f:

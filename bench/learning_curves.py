@@ -80,6 +80,8 @@ def score(cfg, out, run_dir: str, step: int, splits=SPLITS) -> dict:
     row[split] = {'accuracy': s['average_metrics']['accuracy'],
                   'exact_match': s['average_metrics'].get('generated_exact_match'),
                   'chance': s['average_metrics'].get('chance'),
+                  # What answering with the demonstrations' most frequent option earns.
+                  'majority': s['average_metrics'].get('majority'),
                   'per_group': {g: {'accuracy': m.get('accuracy'),
                                     'exact_match': m.get('generated_exact_match')}
                                 for g, m in s['per_group_metrics'].items()}}
