@@ -12,7 +12,10 @@ few-shot model), e.g.
   --set 'data.options={"many_keys":True,"num_labels":12,"recall_slots":8,"layouts":"varied"}'
 `query_in_decoder` (the decoder reads `<x> query <y>`; give it in `eval.options` too, with
 `eval.also_generate=False`) and `decoder_recall` (up to M demonstrations move to the decoder as
-scored lookups) are the format in which `bench/recall_sanity.py` shows T5 binding.
+scored lookups) are the format in which `bench/recall_sanity.py` shows T5 binding; with
+`query_marks='none'` the decoder reads `query target`, and `data.name=synthetic_recall` trains
+on in-context recall rows (`bench/curriculum.py` chains these runs into the regime where the
+suite binds).
 
 One model per call: `t5_mtf` (the downstream, queries alone), `fewshot`
 (T5-MTF-Few-shot) or a hypermodel variant of `hyperflax.demo.VARIANTS`
