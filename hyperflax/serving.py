@@ -19,7 +19,6 @@ module caches keyed by path, so repeated calls stay warm.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 from typing import Any, Sequence
@@ -336,19 +335,25 @@ _SERVERS: dict[tuple, Server] = {}
 _HYPERMODELS: dict[str, Any] = {}
 
 
+def _location(path: str) -> str:
+  """One name per model or adapter location (a gs:// URL stays one)."""
+  from hyperflax.workdir import is_url
+  return path if is_url(path) else os.path.abspath(path)
+
+
 def _manifest(adapter) -> dict:
   if isinstance(adapter, adapters_lib.Adapter):
     return adapter.manifest
-  from hyperflax.workdir import as_path
+  from hyperflax.workdir import as_path, read_json
   path = as_path(adapter) / adapters_lib.MANIFEST_FILE
-  return json.loads(path.read_text()) if path.exists() else {}  # load_adapter says why
+  return read_json(path) if path.exists() else {}  # load_adapter says why
 
 
 def get_server(model_dir: str, dtype: str = 'float32', vocab: str | None = None,
                query_marks: str | None = None) -> Server:
   """A cached server per model, dtype, tokenizer and query format (`query_marks`: the
   query read in the decoder, as `Server`'s)."""
-  key = (os.path.abspath(model_dir), dtype, vocab, query_marks)
+  key = (_location(model_dir), dtype, vocab, query_marks)
   if key not in _SERVERS:
     _SERVERS[key] = Server(model_dir, dtype=dtype, vocab=vocab, query_marks=query_marks)
   return _SERVERS[key]
@@ -396,7 +401,7 @@ def predict(model: str | Server, adapter, queries: Sequence[str | dict], **gener
     if a is None or (isinstance(a, str) and a in server.adapters):
       names.append(a)
       continue
-    name = os.path.abspath(a) if isinstance(a, str) else f'adapter-{id(a)}'
+    name = _location(a) if isinstance(a, str) else f'adapter-{id(a)}'
     if name not in server.adapters:
       server.add_adapter(name, a)
     names.append(name)
