@@ -37,38 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import learning_curves as lc  # noqa: E402
 
-SUITE = {'train_tasks_per_family': 2000, 'pool_size': 32, 'num_labels': 12,
-         'layouts': 'varied_key_last', 'many_keys': True}
-QUERY = {'query_in_decoder': True, 'query_marks': 'none'}
-EVAL = {'max_queries': 12, 'heldout_tasks_per_family': 5, 'num_labels': 12,
-        'layouts': 'varied_key_last', 'many_keys': True}
-COMMON = {'data.vocab_path': 'words_compact', 'model.overrides.vocab_size': 5248,
-          'eval.also_generate': False, 'optim.max_grad_norm': 0.0, 'data.batch_size': 32,
-          'data.lengths': (136, 12, 56)}
-RECALL = {'data.name': 'synthetic_recall', 'data.lengths': (16, 4, 36),
-          'eval.lengths': (136, 12, 56)}
+from hyperflax import curriculum  # noqa: E402
 
-
-def stages(steps: dict, hypermodels) -> list[tuple[str, str, int, dict, str]]:
-  """(name, learning_curves model, steps, overrides, downstream stage) in order."""
-  recall = {'pairs': 4, 'queries': 8, 'num_labels': 12, **QUERY}
-  few = {**COMMON, 'data.options': {**SUITE, **QUERY, 'decoder_recall': 8},
-         'eval.options': {**EVAL, **QUERY}}
-  out = [('recall_adjacent', 'fewshot', steps['recall_adjacent'],
-          {**few, **RECALL, 'data.options': {**recall, 'keys': 'animals'}}, ''),
-         ('recall_separated', 'fewshot', steps['recall_separated'],
-          {**few, **RECALL, 'data.options': {**recall, 'keys': 'train', 'separated': True}},
-          'recall_adjacent'),
-         ('fewshot', 'fewshot', steps['fewshot'], few, 'recall_separated')]
-  out += [(h, h, steps['hypermodel'], few, 'fewshot') for h in hypermodels]
-  out.append(('t5_mtf', 't5_mtf', steps['t5_mtf'],
-              {**COMMON, 'data.options': SUITE, 'eval.options': EVAL}, ''))
-  return out
+stages = curriculum.stages  # the tests and callers of this script use it by this name
 
 
 def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_families',
                                                                    'heldout_tasks'),
-        bound_loss: float = 0.3, max_recall_steps: int = 3000) -> dict:
+        bound_loss: float = curriculum.BOUND_LOSS, max_recall_steps: int = 3000) -> dict:
   """Runs the stages in order. A recall stage whose training loss is still above
   `bound_loss` (not bound: the plateau is ~1.1 nats per answer) goes on 250 steps at a time,
   up to `max_recall_steps`, since when the transition comes varies with the initialisation."""
@@ -78,8 +54,8 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
     rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
     last = next(r for r in rows if r['step'] == n)
     while (name.startswith('recall') and last['loss'] > bound_loss
-           and last['step'] + 250 <= max_recall_steps):
-      n = last['step'] + 250
+           and last['step'] + curriculum.CONTINUE_STEPS <= max_recall_steps):
+      n = last['step'] + curriculum.CONTINUE_STEPS
       rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
       last = next(r for r in rows if r['step'] == n)
     summary['stages'][name] = {

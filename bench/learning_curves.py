@@ -55,23 +55,9 @@ def _value(text: str):
 
 
 def config_for(model: str, steps: int, seed: int, overrides: dict, downstream: str = ''):
-  """The run's config, validated (`config_check`: e.g. query_in_decoder in only one of
-  data.options / eval.options is refused before anything trains)."""
-  from hyperflax import config_check
-  o = {'optim.schedule': 'constant', 'optim.warmup_steps': 100, **overrides}
-  if model == 't5_mtf':
-    cfg = demo.stage_config('t5_mtf', steps=steps, seed=seed, **o)
-  elif model == 'fewshot':
-    if downstream:
-      o.setdefault('model.init_from', downstream)
-    cfg = demo.stage_config('t5_mtf_fewshot', steps=steps, seed=seed, **o)
-  else:
-    _, kind, extra = demo.VARIANTS[model]
-    if not downstream:
-      raise ValueError(f'--model={model} needs --downstream (a frozen T5 directory)')
-    cfg = demo.stage_config('hypermodel', kind, steps, seed,
-                            **{'model.init_from': downstream, **extra, **o})
-  return config_check.validate(cfg)
+  """The run's config (`hyperflax.curriculum.config_for`: validated, constant learning rate)."""
+  from hyperflax import curriculum
+  return curriculum.config_for(model, steps, seed, overrides, downstream)
 
 
 def score(cfg, out, run_dir: str, step: int, splits=SPLITS) -> dict:

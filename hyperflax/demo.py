@@ -262,13 +262,24 @@ def main(argv=None) -> None:
   flags.DEFINE_list('kinds', None, 'hypermodel variants to train (default: prefix,lora,hart; '
                     f'known: {",".join(VARIANTS)})')
   flags.DEFINE_float('scale', 1.0, "multiply every stage's step count")
+  flags.DEFINE_integer('seed', 0, 'seeds every stage (initialisation, data order)')
   flags.DEFINE_integer('jobs', min(2, os.cpu_count() or 1),
-                       'processes for the stages after the downstream')
+                       'processes for the stages that run side by side')
+  flags.DEFINE_bool('classic', False,
+                    'the recipe before the recall curriculum: real T5 vocabulary, T5-MTF as '
+                    'the frozen downstream, CACLM then multi-task fine-tuning (no binding at '
+                    'this size: bench/RESULTS.md, "Learning")')
 
   def _run(_):
+    f = flags.FLAGS
     logging.getLogger().setLevel(logging.WARNING)
-    run(flags.FLAGS.workdir, flags.FLAGS.quick, flags.FLAGS.kinds, flags.FLAGS.scale,
-        jobs=flags.FLAGS.jobs)
+    kinds = f.kinds or list(plan().kinds)
+    if f.classic:
+      run(f.workdir, f.quick, kinds, f.scale, seed=f.seed, jobs=f.jobs)
+      return
+    from hyperflax import curriculum
+    steps = {k: max(1, int(round(v * f.scale))) for k, v in curriculum.DEMO_STEPS.items()}
+    curriculum.run_demo(f.workdir, f.seed, kinds, steps, jobs=f.jobs, quick=f.quick)
 
   app.run(_run, argv=argv)
 

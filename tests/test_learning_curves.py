@@ -19,7 +19,7 @@ def test_configs_keep_a_constant_rate_so_points_resume_one_run():
   h = lc.config_for('hart', 10, 0, {}, downstream='/x/downstream')
   assert h.method == 'hypermodel' and h.hyper.kind == 'hart'
   assert h.model.init_from == '/x/downstream'
-  with pytest.raises(ValueError, match='--downstream'):
+  with pytest.raises(ValueError, match='needs a downstream'):
     lc.config_for('lora', 10, 0, {})
 
 
