@@ -1,6 +1,6 @@
 r"""A new task family through the user-facing CLIs: hypertune -> predict vs zero-shot.
 
-  python bench/hypertune_probe.py --hypermodel=runs/demo/mtf_lora [--tasks=10]
+  python bench/hypertune_probe.py --hypermodel=runs/demo/hart --key_last [--tasks=10]
 
 For each of `--tasks` tasks of the synthetic suite's probe family
 (`synthetic.PROBE_FAMILY`: "<key> has <n>" -> the task's label for the key;

@@ -1,19 +1,26 @@
-r"""The embedded default: the whole hypertuning recipe, shrunk to run on a CPU.
+r"""The embedded default: hypertuning, shrunk to run on a CPU, in the regime where it binds.
 
-  python -m hyperflax.demo --workdir=runs/demo [--quick]
+  python -m hyperflax.demo --workdir=runs/demo [--quick] [--kinds=prefix,lora,hart] [--classic]
 
-Stages (each a `hyperflax.train` run in its own sub-workdir; rerunning the
-command resumes or skips finished stages):
-  1. downstream   T5-MTF: a small T5 v1.1 (real T5 vocabulary) trained on the
-                  synthetic suite's queries alone, then frozen. It is also the
-                  T5-MTF baseline, which cannot see the demonstrations;
-  2. fewshot      T5-MTF-Few-shot: that T5 trained further on demonstrations
-                  and query concatenated (MetaICL-style);
-  3. caclm_<kind> hyperpretraining (CACLM) of each hypermodel on synthetic text;
-  4. mtf_<kind>   multi-task fine-tuning of each hypermodel (frozen T5);
-then every model is scored (rank classification accuracy) on held-out task
-families and on held-out tasks of the seen families, and a table is printed
-and written to `workdir/results.md` / `results.json`.
+Default recipe (`hyperflax.curriculum`; each stage a `hyperflax.train` run in its own
+sub-workdir, so rerunning the command resumes or skips finished stages), on the synthetic
+suite's word vocabulary (`words_compact`) and a small T5 v1.1 (2+2 layers, d_model 128):
+  1. recall_adjacent, recall_separated   the T5's pretraining: in-context recall rows
+                  (`synthetic_recall`), which teach it to bind a key to the value next to it
+                  in the input; a stage still on the plateau goes on 250 steps at a time;
+  2. fewshot, t5_mtf   side by side from that T5: T5-MTF-Few-shot (demonstrations in the
+                  encoder, the query read in the decoder) and T5-MTF (queries alone);
+  3. <hypermodel>  HART (`--kinds=prefix,lora,hart` adds HyperT5-Prefix and -LoRA, about
+                  2.5 minutes more; at this size they stay near T5-MTF) against the frozen
+                  few-shot T5, its backbone initialised from that T5's encoder;
+then every model is scored (rank classification, options shown) on held-out task families and
+on held-out tasks of the seen families, beside chance and the demonstrations' most frequent
+answer, and the table is printed and written to `workdir/results.md` / `results.json`.
+
+`--classic` runs the recipe before the curriculum (`run`, which the learning benchmarks use
+with other data): the real T5 vocabulary, T5-MTF as the frozen downstream, CACLM
+hyperpretraining, then multi-task fine-tuning; at this size it learns what a task answers with,
+not which input gets which answer (bench/RESULTS.md, "Learning").
 """
 
 from __future__ import annotations
@@ -255,34 +262,42 @@ def tables(table: dict, splits, metrics=METRICS) -> str:
       for m, what in metrics.items())
 
 
-def main(argv=None) -> None:
-  from absl import app, flags
-  flags.DEFINE_string('workdir', 'runs/demo', 'where every stage writes its workdir')
-  flags.DEFINE_bool('quick', False, 'a few steps per stage (smoke test)')
-  flags.DEFINE_list('kinds', None, 'hypermodel variants to train (default: prefix,lora,hart; '
-                    f'known: {",".join(VARIANTS)})')
-  flags.DEFINE_float('scale', 1.0, "multiply every stage's step count")
-  flags.DEFINE_integer('seed', 0, 'seeds every stage (initialisation, data order)')
-  flags.DEFINE_integer('jobs', min(2, os.cpu_count() or 1),
-                       'processes for the stages that run side by side')
-  flags.DEFINE_bool('classic', False,
-                    'the recipe before the recall curriculum: real T5 vocabulary, T5-MTF as '
-                    'the frozen downstream, CACLM then multi-task fine-tuning (no binding at '
-                    'this size: bench/RESULTS.md, "Learning")')
+def main(argv=None) -> int:
+  from hyperflax import cli
 
-  def _run(_):
-    f = flags.FLAGS
+  def define(fv):
+    from absl import flags
+    flags.DEFINE_string('workdir', 'runs/demo', 'where every stage writes its workdir',
+                        flag_values=fv)
+    flags.DEFINE_bool('quick', False, 'a few steps per stage (smoke test)', flag_values=fv)
+    flags.DEFINE_list('kinds', None, 'hypermodel variants to train (default: hart, or '
+                      f'prefix,lora,hart with --classic; known: {",".join(VARIANTS)})',
+                      flag_values=fv)
+    flags.DEFINE_float('scale', 1.0, "multiply every stage's step count", flag_values=fv)
+    flags.DEFINE_integer('seed', 0, 'seeds every stage (initialisation, data order)',
+                         flag_values=fv)
+    flags.DEFINE_integer('jobs', min(2, os.cpu_count() or 1),
+                         'processes for the stages that run side by side', flag_values=fv)
+    flags.DEFINE_bool('classic', False,
+                      'the recipe before the recall curriculum: real T5 vocabulary, T5-MTF as '
+                      'the frozen downstream, CACLM then multi-task fine-tuning (no binding at '
+                      'this size: bench/RESULTS.md, "Learning")', flag_values=fv)
+
+  def body(f):
     logging.getLogger().setLevel(logging.WARNING)
-    kinds = f.kinds or list(plan().kinds)
+    if f.scale <= 0:
+      raise ValueError(f'--scale={f.scale}: expected a positive number')
     if f.classic:
-      run(f.workdir, f.quick, kinds, f.scale, seed=f.seed, jobs=f.jobs)
-      return
+      run(f.workdir, f.quick, f.kinds, f.scale, seed=f.seed, jobs=f.jobs)
+      return 0
     from hyperflax import curriculum
+    kinds = f.kinds or list(curriculum.DEMO_KINDS)
     steps = {k: max(1, int(round(v * f.scale))) for k, v in curriculum.DEMO_STEPS.items()}
     curriculum.run_demo(f.workdir, f.seed, kinds, steps, jobs=f.jobs, quick=f.quick)
+    return 0
 
-  app.run(_run, argv=argv)
+  return cli.absl_main(__doc__, define, body, argv, 'hyperflax.demo')
 
 
 if __name__ == '__main__':
-  main()
+  raise SystemExit(main())
