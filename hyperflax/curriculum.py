@@ -139,11 +139,14 @@ def pretrain(workdir: str, seed: int, steps: dict, max_recall_steps: int) -> lis
     while True:
       cfg = config_for(model, n, seed, overrides, downstream)
       cfg.eval.name = ''  # pretraining: nothing to score
-      loss = float(_train(cfg, f'{workdir}/{name}')['metrics'].get('loss', float('nan')))
-      if bound(loss) or n + CONTINUE_STEPS > max_recall_steps:
+      out = _train(cfg, f'{workdir}/{name}')
+      # A rerun of a finished stage trains nothing and reports its last logged step.
+      done = int(out['state'].step) if 'state' in out else n
+      loss = float(out['metrics'].get('loss', float('nan')))
+      if bound(loss) or done + CONTINUE_STEPS > max_recall_steps:
         break
-      n += CONTINUE_STEPS
-    log.append({'stage': name, 'steps': n, 'loss': loss, 'bound': bound(loss)})
+      n = done + CONTINUE_STEPS
+    log.append({'stage': name, 'steps': done, 'loss': loss, 'bound': bound(loss)})
   return log
 
 

@@ -1,5 +1,7 @@
 r"""Hypermodel-generated initialisation for further PEFT (HyperTuning §6, Tables 6/7).
 
+  # hypermodels from e.g. `python -m hyperflax.demo --classic --workdir=runs/demo
+  #   --kinds=prefix,prefix_mlp,lora,shared_prefix,shared_lora`
   python -m hyperflax.peft_tuning --workdir=runs/hyper_init \
       --hyper_workdir=runs/demo/mtf_prefix,runs/demo/mtf_prefix_mlp,runs/demo/mtf_lora \
       --shared_workdir=runs/demo/mtf_shared_prefix,runs/demo/mtf_shared_lora \

@@ -56,3 +56,17 @@ def test_unknown_hypermodel_is_refused_before_training(monkeypatch):
   with pytest.raises(ValueError, match="unknown hypermodel variant.*'hyperlora'"):
     curriculum.run_demo('/tmp/never', kinds=['hart', 'hyperlora'])
   assert calls == []
+
+
+def test_rerun_reports_the_steps_a_stage_really_trained(monkeypatch):
+  """A rerun of the demo asks for 1,000 adjacent steps of a stage that went on to 1,250: the
+  trainer trains nothing, and the log says 1,250."""
+  import types
+  trained = {'recall_adjacent': 1250, 'recall_separated': 500}
+  monkeypatch.setattr(curriculum, '_train', lambda cfg, d: {
+      'metrics': {'loss': 0.05},
+      'state': types.SimpleNamespace(step=max(trained[d.rsplit('/', 1)[1]],
+                                              cfg.train.num_steps))})
+  log = curriculum.pretrain('/w', 0, curriculum.DEMO_STEPS, max_recall_steps=2000)
+  assert [(r['stage'], r['steps']) for r in log] == [('recall_adjacent', 1250),
+                                                      ('recall_separated', 500)]
