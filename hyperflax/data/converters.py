@@ -43,6 +43,18 @@ MODES = ('hyper', 'concat', 'zero_shot')
 QUERY_MARKS = ('xy', 'none')
 
 
+def teacher_forcing(targets: np.ndarray, read: np.ndarray | None = None):
+  """(decoder inputs, target weights) for [B, T] model-id targets: the targets shifted right
+  after a PAD start token; weight 1 on every non-PAD target except positions in `read`
+  (bool [B, T]: the decoder reads them, e.g. a query in the decoder, but is not scored)."""
+  decoder_inputs = np.concatenate(
+      [np.full((targets.shape[0], 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
+  weights = (targets != PAD_ID).astype(np.float32)
+  if read is not None:
+    weights[read] = 0.0
+  return decoder_inputs, weights
+
+
 def lookup_head(query_ids: Sequence[int], marks: str) -> list[int]:
   """What the decoder reads of a query before its target (`query_marks`)."""
   return [X_ID, *query_ids, Y_ID] if marks == 'xy' else list(query_ids)
@@ -279,14 +291,11 @@ class Converter:
       out[k] = arr
     if self.mode == 'zero_shot':
       del out['hyper_num_used'], out['hyper_num_dropped']
-    targets = out['targets']
-    out['decoder_inputs'] = np.concatenate(
-        [np.full((batch_size, 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
-    out['target_weights'] = (targets != PAD_ID).astype(np.float32)
+    mask = None
     if read:  # query_in_decoder: the decoder reads these positions, it is not scored on them
-      mask = np.zeros_like(targets, bool)
+      mask = np.zeros_like(out['targets'], bool)
       mask[:n] = np.stack(read).astype(bool)
-      out['target_weights'][mask] = 0.0
+    out['decoder_inputs'], out['target_weights'] = teacher_forcing(out['targets'], mask)
     return out
 
   def train_batch(self, eps: Sequence[Episode]) -> dict[str, np.ndarray]:

@@ -23,9 +23,9 @@ from typing import Iterator
 
 import numpy as np
 
-from hyperflax.data.converters import QUERY_MARKS, lookup_head, pad_to
+from hyperflax.data.converters import QUERY_MARKS, lookup_head, pad_to, teacher_forcing
 from hyperflax.data.examples import Lengths
-from hyperflax.data.vocab import EOS_ID, PAD_ID, X_ID, Y_ID
+from hyperflax.data.vocab import EOS_ID, X_ID, Y_ID
 
 
 class RecallStream:
@@ -77,12 +77,11 @@ class RecallStream:
       tgt_rows.append(pad_to(tgt + [EOS_ID], self.lengths.decoder))
       read_rows.append(pad_to(read, self.lengths.decoder))
     targets = np.asarray(self._to_model(np.asarray(tgt_rows, np.int32)), np.int32)
-    weights = ((targets != PAD_ID) & ~np.asarray(read_rows, bool)).astype(np.float32)
+    decoder_inputs, weights = teacher_forcing(targets, np.asarray(read_rows, bool))
     n = self.batch_size
     return {
         'encoder_inputs': np.asarray(self._to_model(np.asarray(enc_rows, np.int32)), np.int32),
-        'decoder_inputs': np.concatenate([np.full((n, 1), PAD_ID, np.int32), targets[:, :-1]], 1),
-        'targets': targets, 'target_weights': weights,
+        'decoder_inputs': decoder_inputs, 'targets': targets, 'target_weights': weights,
         'hyper_num_used': np.full(n, self.pairs, np.int32),
         'hyper_num_dropped': np.zeros(n, np.int32)}
 
