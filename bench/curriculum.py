@@ -44,16 +44,16 @@ stages = curriculum.stages  # the tests and callers of this script use it by thi
 
 def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_families',
                                                                    'heldout_tasks'),
-        bound_loss: float = curriculum.BOUND_LOSS, max_recall_steps: int = 3000) -> dict:
-  """Runs the stages in order. A recall stage whose training loss is still above
-  `bound_loss` (not bound: the plateau is ~1.1 nats per answer) goes on 250 steps at a time,
-  up to `max_recall_steps`, since when the transition comes varies with the initialisation."""
+        max_recall_steps: int = 3000) -> dict:
+  """Runs the stages in order. A recall stage not yet bound (`curriculum.bound`: the
+  plateau is ~1.1 nats per answer) goes on 250 steps at a time, up to `max_recall_steps`,
+  since when the transition comes varies with the initialisation."""
   summary = {'seed': seed, 'steps': steps, 'stages': {}}
   for name, model, n, overrides, after in stages(steps, hypermodels):
     downstream = os.path.join(workdir, after, 'downstream') if after else ''
     rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
     last = next(r for r in rows if r['step'] == n)
-    while (name.startswith('recall') and last['loss'] > bound_loss
+    while (name.startswith('recall') and not curriculum.bound(last['loss'])
            and last['step'] + curriculum.CONTINUE_STEPS <= max_recall_steps):
       n = last['step'] + curriculum.CONTINUE_STEPS
       rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)

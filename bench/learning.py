@@ -4,9 +4,9 @@ r"""Learning: a mini Table 1 on the synthetic suite, several seeds, mean and spr
   python bench/learning.py --workdir=runs/learning  # 3 seeds, every model (about an hour here)
   python bench/learning.py --variants=hart,hart_no_consistency --seeds=0,1,2
 
-Every seed runs `hyperflax.demo.run` (the embedded default's recipe: frozen
-downstream T5 trained on the queries alone = T5-MTF, T5-MTF-Few-shot, then
-CACLM + multi-task fine-tuning of each hypermodel variant) with that seed for
+Every seed runs `hyperflax.demo.run` (the demo's `--classic` recipe, the embedded default
+until session 8: frozen downstream T5 trained on the queries alone = T5-MTF,
+T5-MTF-Few-shot, then CACLM + multi-task fine-tuning of each hypermodel variant) with that seed for
 model initialisation, data order and dropout; the tasks are the same. The
 table reports mean ± sample standard deviation over seeds of held-out
 rank-classification accuracy and held-out exact match of greedy generation,

@@ -23,6 +23,7 @@ nats per answer) and callers go on 250 steps at a time.
 from __future__ import annotations
 
 import json
+import os
 
 from hyperflax import demo
 
@@ -47,14 +48,11 @@ def config_for(model: str, steps: int, seed: int, overrides: dict, downstream: s
   name, which needs `downstream` (a frozen T5 directory)."""
   from hyperflax import config_check
   o = {'optim.schedule': 'constant', 'optim.warmup_steps': 100, **overrides}
-  if model == 't5_mtf':
+  if model in ('t5_mtf', 'fewshot'):
     if downstream:
       o.setdefault('model.init_from', downstream)
-    cfg = demo.stage_config('t5_mtf', steps=steps, seed=seed, **o)
-  elif model == 'fewshot':
-    if downstream:
-      o.setdefault('model.init_from', downstream)
-    cfg = demo.stage_config('t5_mtf_fewshot', steps=steps, seed=seed, **o)
+    cfg = demo.stage_config({'t5_mtf': 't5_mtf', 'fewshot': 't5_mtf_fewshot'}[model],
+                            steps=steps, seed=seed, **o)
   else:
     _, kind, extra = demo.VARIANTS[model]
     if not downstream:
@@ -64,12 +62,12 @@ def config_for(model: str, steps: int, seed: int, overrides: dict, downstream: s
   return config_check.validate(cfg)
 
 
-def stages(steps: dict, hypermodels, hyper_downstream: str = 'fewshot',
+def stages(steps: dict, hypermodels,
            t5_mtf_from: str = '') -> list[tuple[str, str, int, dict, str]]:
   """(name, model, steps, overrides, the stage whose downstream it starts from) in order.
 
-  `hyper_downstream`: the stage whose T5 the hypermodels adapt, frozen; `t5_mtf_from`: the
-  stage T5-MTF starts from ('' = from scratch)."""
+  The hypermodels adapt the frozen `fewshot` T5; `t5_mtf_from`: the stage T5-MTF starts from
+  ('' = from scratch)."""
   recall = {'pairs': 4, 'queries': 8, 'num_labels': 12, **QUERY}
   few = {**COMMON, 'data.options': {**SUITE, **QUERY, 'decoder_recall': 8},
          'eval.options': {**EVAL, **QUERY}}
@@ -79,7 +77,7 @@ def stages(steps: dict, hypermodels, hyper_downstream: str = 'fewshot',
           {**few, **RECALL, 'data.options': {**recall, 'keys': 'train', 'separated': True}},
           'recall_adjacent'),
          ('fewshot', 'fewshot', steps['fewshot'], few, 'recall_separated')]
-  out += [(h, h, steps['hypermodel'], few, hyper_downstream) for h in hypermodels]
+  out += [(h, h, steps['hypermodel'], few, 'fewshot') for h in hypermodels]
   out.append(('t5_mtf', 't5_mtf', steps['t5_mtf'],
               {**COMMON, 'data.options': SUITE, 'eval.options': EVAL}, t5_mtf_from))
   return out
@@ -90,64 +88,100 @@ def bound(loss: float) -> bool:
   return loss <= BOUND_LOSS
 
 
-# The demo's steps (the README's first command: <= 15 minutes on 2 cores with installation).
+# The demo's steps (the README's first command: about 8 minutes on 2 cores, 11 with the
+# installation; bench/RESULTS.md, "Session 8").
 DEMO_STEPS = {'recall_adjacent': 1000, 'recall_separated': 500, 'fewshot': 250, 't5_mtf': 250,
               'hypermodel': 150}
 DEMO_MAX_RECALL_STEPS = 2000
-# HyperT5-Prefix and -LoRA stay near T5-MTF at this size within the demo's budget (about 48 %
-# on held-out families after 150 steps, 48-57 % after 1,000; bench/RESULTS.md), so the default
-# trains HART only; `--kinds=prefix,lora,hart` adds them.
+# HyperT5-Prefix and -LoRA stay at the level of T5-MTF within the demo's budget (48.3 % on
+# held-out families after 150 steps; bench/RESULTS.md, "Session 8"), so the default trains
+# HART only; `--kinds=prefix,lora,hart` adds them.
 DEMO_KINDS = ('hart',)
-LABELS = {'fewshot': 'T5-MTF-Few-shot', 't5_mtf': 'T5-MTF', **demo.KIND_LABELS}
+# The shared baselines here adapt the few-shot T5, not T5-MTF as in the papers' tables.
+LABELS = {'fewshot': 'T5-MTF-Few-shot', 't5_mtf': 'T5-MTF', **demo.KIND_LABELS,
+          'shared_prefix': 'Shared prefix (one for every task)',
+          'shared_lora': 'Shared LoRA (one for every task)'}
+STAMP = 'curriculum.json'
 
 
-def _train(cfg, stage_dir: str) -> dict:
-  from hyperflax.train import train
-  return train(cfg, stage_dir)
+def _stage_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, name)
 
 
-def _train_scored(args) -> tuple[str, dict, dict]:
-  """One stage after pretraining: train, then score on `splits`; returns (name, {split:
-  accuracy}, {split: (chance, majority)}). A top-level function: it runs in a spawned pool."""
+def claim(workdir: str, name: str, seed: int, steps: dict, upstream: dict | None) -> None:
+  """Records in a stage's directory the seed, the planned steps and the upstream state
+  (`{'stage', 'steps'}`) it trains from, and refuses in one line a directory trained with
+  others: resuming it would pair a checkpoint with an upstream T5 it was never trained against
+  (a rerun with another --seed or --scale, or after --quick, in the same --workdir)."""
+  from hyperflax import workdir as workdir_lib
+  path = workdir_lib.as_path(_stage_dir(workdir, name)) / STAMP
+  want = {'seed': seed, 'steps': steps, 'upstream': upstream}
+  if path.exists():
+    have = workdir_lib.read_json(path)
+    have = {k: have.get(k) for k in want} if isinstance(have, dict) else have
+    if have != want:
+      raise ValueError(f'{path}: this stage was trained with {have}, this run would continue '
+                       f'it with {want}; use another --workdir (or the flags of that run)')
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  workdir_lib.write_atomic(path, json.dumps(want))
+
+
+def _train_scored(args) -> tuple[str, int, dict, dict]:
+  """One stage after pretraining: train, then score on `splits`; returns (name, steps trained,
+  {split: accuracy}, {split: (chance, majority)}). Top-level: it runs in a spawned pool."""
   import logging
   from hyperflax import evaluate
   logging.getLogger().setLevel(logging.WARNING)
-  workdir, name, model, n, overrides, downstream, seed, splits, quick_eval = args
-  stage_dir = f'{workdir}/{name}'
+  workdir, name, model, n, overrides, upstream, seed, plan, splits, quick_eval = args
+  stage_dir = _stage_dir(workdir, name)
+  claim(workdir, name, seed, plan, upstream)
   if quick_eval:
     overrides = {**overrides, 'eval.options': {**overrides['eval.options'], **quick_eval}}
+  downstream = os.path.join(_stage_dir(workdir, upstream['stage']), 'downstream')
   cfg = config_for(model, n, seed, overrides, downstream)
-  out = _train(cfg, stage_dir)
+  out = demo._train(cfg, stage_dir)
   accuracy, reference = {}, {}
   for split in splits:
     s = evaluate.evaluate(cfg, out['experiment'], out['trainable'], out['frozen'],
-                          f'{stage_dir}/eval_{split}', split, LABELS.get(name, name))
+                          os.path.join(stage_dir, f'eval_{split}'), split, LABELS[name])
     m = s['average_metrics']
     accuracy[split] = m['accuracy']
     reference[split] = (m.get('chance'), m.get('majority'))
-  return name, accuracy, reference
+  return name, int(out['state'].step), accuracy, reference
 
 
 def pretrain(workdir: str, seed: int, steps: dict, max_recall_steps: int) -> list[dict]:
-  """The two recall stages, in order; an unbound adjacent stage goes on `CONTINUE_STEPS` at a
-  time up to `max_recall_steps`. Returns one {'stage', 'steps', 'loss'} per stage."""
+  """The two recall stages, in order; a stage still on the plateau goes on `CONTINUE_STEPS`
+  at a time up to `max_recall_steps` (a rerun asks for the steps the stage reached). Returns
+  one {'stage', 'steps', 'loss', 'bound'} per stage."""
   log = []
   plan = {s[0]: s for s in stages(steps, [])}
+  upstream = None
   for name in ('recall_adjacent', 'recall_separated'):
     _, model, n, overrides, after = plan[name]
-    downstream = f'{workdir}/{after}/downstream' if after else ''
+    claim(workdir, name, seed, steps, upstream)
+    downstream = os.path.join(_stage_dir(workdir, after), 'downstream') if after else ''
     while True:
       cfg = config_for(model, n, seed, overrides, downstream)
       cfg.eval.name = ''  # pretraining: nothing to score
-      out = _train(cfg, f'{workdir}/{name}')
-      # A rerun of a finished stage trains nothing and reports its last logged step.
-      done = int(out['state'].step) if 'state' in out else n
+      out = demo._train(cfg, _stage_dir(workdir, name))
+      done = int(out['state'].step)  # a finished stage trains nothing: the steps it reached
       loss = float(out['metrics'].get('loss', float('nan')))
       if bound(loss) or done + CONTINUE_STEPS > max_recall_steps:
         break
       n = done + CONTINUE_STEPS
     log.append({'stage': name, 'steps': done, 'loss': loss, 'bound': bound(loss)})
+    upstream = {'stage': name, 'steps': done}
   return log
+
+
+def _refuse_classic_workdir(workdir: str) -> None:
+  from hyperflax import workdir as workdir_lib
+  root = workdir_lib.as_path(workdir)
+  if (root / 'downstream').exists() or any(root.glob('mtf_*')):
+    raise ValueError(f'{workdir}: holds a --classic demo run (downstream/, mtf_*/); give this '
+                     'recipe another --workdir')
 
 
 def run_demo(workdir: str, seed: int = 0, kinds=DEMO_KINDS,
@@ -157,53 +191,56 @@ def run_demo(workdir: str, seed: int = 0, kinds=DEMO_KINDS,
   """The embedded default: recall pretraining, then T5-MTF and T5-MTF-Few-shot from the
   recall-pretrained T5 side by side, then the hypermodels against the frozen few-shot T5;
   prints and writes (`results.md` / `results.json`) the held-out rank-accuracy table with
-  chance and the demonstrations' majority answer. Returns the results."""
+  chance and the demonstrations' majority answer. Returns the table."""
+  import logging
   import time
   from hyperflax import workdir as workdir_lib
   from hyperflax.metrics import format_table
+  if not workdir:
+    raise ValueError('--workdir is empty')
+  kinds = demo.check_kinds(kinds)
   steps = {**DEMO_STEPS, **(steps or {})}
   quick_eval = None
   if quick:  # a smoke test: a few steps, one task of each family
     steps = {k: 4 for k in steps}
     max_recall_steps = 0
     quick_eval = {'max_queries': 4, 'heldout_tasks_per_family': 1}
-  unknown = [k for k in kinds if k not in demo.VARIANTS]
-  if unknown:
-    raise ValueError(f'unknown hypermodel variant(s) {unknown}; known: {sorted(demo.VARIANTS)}')
+  if workdir_lib.as_path(workdir).exists():
+    _refuse_classic_workdir(workdir)
   workdir_lib.as_path(workdir).mkdir(parents=True, exist_ok=True)  # may be a gs:// URL
   t0 = time.time()
   recall = pretrain(workdir, seed, steps, max_recall_steps)
+  if not all(r['bound'] for r in recall):
+    logging.warning('the recall stages did not bind within %d steps (training loss above %.1f):'
+                    ' the few-shot models below cannot read demonstrations', max_recall_steps,
+                    BOUND_LOSS)
   plan = {s[0]: s for s in stages(steps, kinds, t5_mtf_from='recall_separated')}
+  trained = {r['stage']: r['steps'] for r in recall}
 
-  def jobs_for(names):
+  def args(names):
     return [(workdir, name, *plan[name][1:4],
-             f'{workdir}/{plan[name][4]}/downstream' if plan[name][4] else '',
-             seed, tuple(splits), quick_eval) for name in names]
+             {'stage': plan[name][4], 'steps': trained[plan[name][4]]}, seed, steps,
+             tuple(splits), quick_eval) for name in names]
 
   done = []
   for group in (['fewshot', 't5_mtf'], list(kinds)):
-    args = jobs_for(group)
-    if jobs > 1 and len(args) > 1:
-      import multiprocessing
-      with multiprocessing.get_context('spawn').Pool(min(jobs, len(args))) as pool:
-        done += pool.map(_train_scored, args, chunksize=1)
-    else:
-      done += [_train_scored(a) for a in args]
-  reference = done[0][2]  # the same held-out tasks and options for every model
+    done += demo.map_stages(_train_scored, args(group), jobs)
+    trained.update({name: n for name, n, _, _ in done})
+  reference = done[0][3]  # the same held-out tasks and options for every model
   table = {'Chance': {s: reference[s][0] for s in splits},
            demo.MAJORITY_LABEL: {s: reference[s][1] for s in splits}}
-  order = ['t5_mtf', 'fewshot', *kinds]
-  results = {name: acc for name, acc, _ in done}
-  table.update({LABELS[name]: results[name] for name in order})
+  results = {name: acc for name, _, acc, _ in done}
+  table.update({LABELS[name]: results[name] for name in ['t5_mtf', 'fewshot', *kinds]})
   pre = '; '.join(f'{r["stage"]} {r["steps"]} steps, loss {r["loss"]:.3f}'
                   + ('' if r['bound'] else ' (NOT BOUND: still on the plateau)') for r in recall)
   header = (f'The synthetic suite, seed {seed}: held-out rank-classification accuracy (%), '
-            f'answer options shown. Recall pretraining: {pre}. '
+            f'answer options shown. Recall pretraining: {pre}. Hypermodels: no '
+            'hyperpretraining, backbone from the frozen few-shot T5\'s encoder. '
             f'{time.time() - t0:.0f}s on this machine.\n\n')
   text = format_table(table, list(splits))
   root = workdir_lib.as_path(workdir)
   workdir_lib.write_atomic(root / 'results.md', header + text + '\n')
   workdir_lib.write_atomic(root / 'results.json', json.dumps(
-      {'seed': seed, 'steps': steps, 'pretraining': recall, 'table': table}, indent=2))
+      {'seed': seed, 'steps': trained, 'pretraining': recall, 'table': table}, indent=2))
   print('\n' + header + text)
   return table

@@ -117,6 +117,27 @@ def _train(config, workdir):
   return train(config, workdir)
 
 
+def check_kinds(kinds) -> tuple[str, ...]:
+  """`kinds` without repeats (two processes would share one stage directory), or a
+  ValueError naming the unknown ones."""
+  kinds = tuple(dict.fromkeys(kinds))
+  unknown = [k for k in kinds if k not in VARIANTS]
+  if unknown:
+    raise ValueError(f'unknown hypermodel variant(s) {unknown}; known: {sorted(VARIANTS)}')
+  return kinds
+
+
+def map_stages(fn, args: list, jobs: int) -> list:
+  """[fn(a) for a in args], in up to `jobs` processes: one process uses about one core on
+  these small programs. Every stage is seeded alone, so the results do not depend on it."""
+  if jobs > 1 and len(args) > 1:
+    import multiprocessing
+    # spawn: a forked JAX runtime is unsafe.
+    with multiprocessing.get_context('spawn').Pool(min(jobs, len(args))) as pool:
+      return pool.map(fn, args, chunksize=1)
+  return [fn(a) for a in args]
+
+
 METRICS = {'accuracy': 'rank-classification accuracy (%) — options shown',
            'generated_exact_match': 'exact match (%) of greedy generation — no options shown'}
 
@@ -205,13 +226,13 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
   if quick and 'eval.options' not in common:  # a smoke test: one task of each family
     common['eval.options'] = {'max_queries': 4, 'heldout_tasks_per_family': 1}
   if kinds:
-    unknown = [k for k in kinds if k not in VARIANTS]
-    if unknown:
-      raise ValueError(f'unknown hypermodel variant(s) {unknown}; known: {sorted(VARIANTS)}')
-    p.kinds = tuple(kinds)
+    p.kinds = check_kinds(kinds)
   for key in ('downstream_steps', 'fewshot_steps', 'caclm_steps', 'mtf_steps'):
     p[key] = max(1, int(round(p[key] * scale)))
   from hyperflax import workdir as workdir_lib
+  if (workdir_lib.as_path(workdir) / 'recall_adjacent').exists():
+    raise ValueError(f'{workdir}: holds a run of the default (curriculum) demo; give the '
+                     'classic recipe another --workdir')
   workdir_lib.as_path(workdir).mkdir(parents=True, exist_ok=True)  # may be a gs:// URL
   t0 = time.time()
   table: dict[str, dict] = {}
@@ -227,19 +248,11 @@ def run(workdir: str, quick: bool = False, kinds=None, scale: float = 1.0, seed:
     table[MAJORITY_LABEL] = majority
   frozen_t5 = os.path.join(down_dir, 'downstream')
 
-  # After the downstream, the stages form independent pipelines; one process
-  # uses about one core on these small programs, so `jobs` run side by side.
+  # After the downstream, the stages form independent pipelines.
   names = (['fewshot'] if fewshot else []) + list(p.kinds)
   pipelines = [(name, workdir, frozen_t5, p.to_dict(), common, metrics, caclm_overrides)
                for name in names]
-  if jobs > 1 and len(pipelines) > 1:
-    import multiprocessing
-    # spawn: a forked JAX runtime is unsafe.
-    with multiprocessing.get_context('spawn').Pool(min(jobs, len(pipelines))) as pool:
-      done = pool.map(_pipeline, pipelines, chunksize=1)
-  else:
-    done = [_pipeline(args) for args in pipelines]
-  table.update(done)
+  table.update(map_stages(_pipeline, pipelines, jobs))
 
   text = tables(table, p.eval_splits, metrics)
   if 'eval.name' in common:
@@ -273,7 +286,8 @@ def main(argv=None) -> int:
     flags.DEFINE_list('kinds', None, 'hypermodel variants to train (default: hart, or '
                       f'prefix,lora,hart with --classic; known: {",".join(VARIANTS)})',
                       flag_values=fv)
-    flags.DEFINE_float('scale', 1.0, "multiply every stage's step count", flag_values=fv)
+    flags.DEFINE_float('scale', 1.0, "multiply every stage's step count (and the recall "
+                       "stages' cap)", flag_values=fv)
     flags.DEFINE_integer('seed', 0, 'seeds every stage (initialisation, data order)',
                          flag_values=fv)
     flags.DEFINE_integer('jobs', min(2, os.cpu_count() or 1),
@@ -287,13 +301,17 @@ def main(argv=None) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     if f.scale <= 0:
       raise ValueError(f'--scale={f.scale}: expected a positive number')
+    if not f.workdir:
+      raise ValueError('--workdir is empty')
     if f.classic:
       run(f.workdir, f.quick, f.kinds, f.scale, seed=f.seed, jobs=f.jobs)
       return 0
     from hyperflax import curriculum
     kinds = f.kinds or list(curriculum.DEMO_KINDS)
-    steps = {k: max(1, int(round(v * f.scale))) for k, v in curriculum.DEMO_STEPS.items()}
-    curriculum.run_demo(f.workdir, f.seed, kinds, steps, jobs=f.jobs, quick=f.quick)
+    scaled = lambda n: max(1, int(round(n * f.scale)))
+    steps = {k: scaled(v) for k, v in curriculum.DEMO_STEPS.items()}
+    curriculum.run_demo(f.workdir, f.seed, kinds, steps, jobs=f.jobs, quick=f.quick,
+                        max_recall_steps=scaled(curriculum.DEMO_MAX_RECALL_STEPS))
     return 0
 
   return cli.absl_main(__doc__, define, body, argv, 'hyperflax.demo')

@@ -16,7 +16,6 @@ Init is generated from 16 of them, and the whole dev set is scored by rank
 classification (`evaluate.evaluate_task`). `--protocol=demos` tunes every
 template of `config.eval` on its fixed demonstrations (drawn from the
 evaluation set) and scores the remaining queries. Methods x initialisations:
-classification (`evaluate.evaluate_task`). Methods x initialisations:
 
   prefix      Prefix-Flat: the per-layer keys/values [1, L, P, F] are trained.
                 random  a freshly initialised Prefix-MLP reparameterisation

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_demo_hart_binds_and_its_adapters_transfer(tmp_path):
+def test_demo_hart_binds_and_its_adapters_transfer(tmp_path, monkeypatch):
   demo = tmp_path / 'demo'
   subprocess.run([sys.executable, '-m', 'hyperflax.demo', f'--workdir={demo}'], check=True,
                  cwd=ROOT)
@@ -22,7 +22,7 @@ def test_demo_hart_binds_and_its_adapters_transfer(tmp_path):
   table = results['table']
   chance = table['Chance']['heldout_families']
   assert table['HART']['heldout_families'] >= chance + 15, table
-  sys.path.insert(0, str(ROOT / 'bench'))
+  monkeypatch.syspath_prepend(str(ROOT / "bench"))
   import hypertune_probe
   probe = hypertune_probe.run(str(demo / 'hart'), str(tmp_path / 'probe'), tasks=10,
                               key_last=True)

@@ -51,7 +51,7 @@ def teacher_forcing(targets: np.ndarray, read: np.ndarray | None = None):
       [np.full((targets.shape[0], 1), PAD_ID, np.int32), targets[:, :-1]], axis=1)
   weights = (targets != PAD_ID).astype(np.float32)
   if read is not None:
-    weights[read] = 0.0
+    weights[np.asarray(read, bool)] = 0.0
   return decoder_inputs, weights
 
 
