@@ -118,10 +118,12 @@ def claim(workdir: str, name: str, seed: int, steps: dict, upstream: dict | None
   want = {'seed': seed, 'steps': steps, 'upstream': upstream}
   if path.exists():
     have = workdir_lib.read_json(path)
-    have = {k: have.get(k) for k in want} if isinstance(have, dict) else have
+    have = have if isinstance(have, dict) else {}
     if have != want:
-      raise ValueError(f'{path}: this stage was trained with {have}, this run would continue '
-                       f'it with {want}; use another --workdir (or the flags of that run)')
+      diff = '; '.join(f'{k} {have.get(k)} (now {v})' for k, v in want.items()
+                       if have.get(k) != v)
+      raise ValueError(f'{path}: this stage was trained with other settings: {diff}; use '
+                       'another --workdir (or the flags of that run)')
     return
   path.parent.mkdir(parents=True, exist_ok=True)
   workdir_lib.write_atomic(path, json.dumps(want))

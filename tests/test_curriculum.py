@@ -55,9 +55,9 @@ def test_a_workdir_trained_with_other_steps_is_refused_before_training(monkeypat
   curriculum.pretrain(str(tmp_path), 0, {k: 4 for k in curriculum.DEMO_STEPS}, 0)  # --quick
   calls = _fake_trainer(monkeypatch, lambda stage, n: 0.05)
   with pytest.raises(ValueError, match=r'recall_adjacent/curriculum.json: this stage was '
-                                       r'trained with .*another --workdir'):
+                                       r'trained with other settings: steps .*another --workdir'):
     curriculum.pretrain(str(tmp_path), 0, curriculum.DEMO_STEPS, 2000)
-  with pytest.raises(ValueError, match='trained with'):
+  with pytest.raises(ValueError, match=r'other settings: seed 0 \(now 1\)'):
     curriculum.pretrain(str(tmp_path), 1, {k: 4 for k in curriculum.DEMO_STEPS}, 0)
   assert calls == []
 
