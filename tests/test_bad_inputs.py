@@ -47,6 +47,8 @@ def env(tmp_path_factory):
   from hyperflax import convert
   assert convert.main(['hf-to-flax', '--hf', e['hf'], '--out', str(d / 'flax')]) == 0
   os.remove(d / 'flax' / 'params' / '_METADATA')
+  e['classic_demo'] = str(d / 'classic_demo')
+  os.makedirs(d / 'classic_demo' / 'mtf_lora')
   return e
 
 
@@ -139,6 +141,12 @@ CASES = [
     ('peft_tuning: not a run', lambda e: ('peft_tuning', [
         'peft_tuning', f'--workdir={e["dir"]}/pt', f'--hyper_workdir={e["no_run"]}']),
      ['no_run: no config.json']),
+    ('demo: unknown hypermodel', lambda e: ('demo', [
+        'demo', f'--workdir={e["dir"]}/d1', '--kinds=hart,hyperlora']),
+     ["unknown hypermodel variant(s) ['hyperlora']", 'known:']),
+    ('demo: a --classic run in the workdir', lambda e: ('demo', [
+        'demo', f'--workdir={e["classic_demo"]}']),
+     ['classic_demo: holds a --classic demo run', 'another --workdir']),
 ]
 
 
@@ -163,7 +171,7 @@ def test_bad_input_is_one_named_line_and_exit_2(env, case, capsys):
   table = os.environ.get('HYPERFLAX_ERRORS_TABLE')
   if table:
     defaults = set(fh.cli_args()[1:])  # the tiny test settings, not the point of the row
-    shown = ' '.join(a for a in (argv[1:] if name in ('train', 'evaluate', 'peft_tuning')
+    shown = ' '.join(a for a in (argv[1:] if name in ('train', 'evaluate', 'peft_tuning', 'demo')
                                  else argv) if a not in defaults)
     message = lines[0]
     for path, short in ((env['dir'], '$T'), (env['run'], '$RUN'), (fh.ROOT + '/', '')):
