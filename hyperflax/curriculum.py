@@ -11,8 +11,12 @@ batch 32, AdamW 1e-3 constant after 100 warm-up steps and no gradient clipping:
                     (`query_in_decoder`, `query_marks='none'`) and up to 8 demonstrations moved
                     to the decoder as scored lookups (`decoder_recall`); key-last layouts
   t5_mtf            T5-MTF: the suite without demonstrations (the zero-shot baseline)
-  <hypermodel>      a `demo.VARIANTS` entry against a frozen downstream, its backbone
-                    initialised from that downstream's encoder, as the papers do
+  <hypermodel>      a `demo.VARIANTS` entry against the frozen few-shot T5, its backbone
+                    initialised from that T5's encoder (the papers adapt the frozen pretrained
+                    T5; here that worked less well: bench/RESULTS.md, "Session 8")
+
+`run_demo` is the embedded default (`python -m hyperflax.demo`); `bench/curriculum.py` runs the
+longer chain with learning curves.
 
 The transition to binding in `recall_adjacent` comes after a plateau whose length depends on
 the initialisation (830-1,000 steps for the demo's seed; later or not within 3,000 for others),
