@@ -137,7 +137,6 @@ def _train_scored(args) -> tuple[str, int, dict, dict]:
   """One stage after pretraining: train, then score on `splits`; returns (name, steps trained,
   {split: accuracy}, {split: (chance, majority)}). Top-level: it runs in a spawned pool."""
   import logging
-  from hyperflax import evaluate
   logging.getLogger().setLevel(logging.WARNING)
   workdir, name, model, n, overrides, upstream, seed, plan, splits, quick_eval = args
   stage_dir = _stage_dir(workdir, name)
@@ -147,14 +146,10 @@ def _train_scored(args) -> tuple[str, int, dict, dict]:
   downstream = os.path.join(_stage_dir(workdir, upstream['stage']), 'downstream')
   cfg = config_for(model, n, seed, overrides, downstream)
   out = demo._train(cfg, stage_dir)
-  accuracy, reference = {}, {}
-  for split in splits:
-    s = evaluate.evaluate(cfg, out['experiment'], out['trainable'], out['frozen'],
-                          os.path.join(stage_dir, f'eval_{split}'), split, LABELS[name])
-    m = s['average_metrics']
-    accuracy[split] = m['accuracy']
-    reference[split] = (m.get('chance'), m.get('majority'))
-  return name, int(out['state'].step), accuracy, reference
+  m = demo._evaluate(cfg, out, stage_dir, splits, LABELS[name],
+                     metrics={'accuracy': '', 'chance': '', 'majority': ''})
+  reference = {split: (m['chance'][split], m['majority'][split]) for split in splits}
+  return name, int(out['state'].step), m['accuracy'], reference
 
 
 def pretrain(workdir: str, seed: int, steps: dict, max_recall_steps: int) -> list[dict]:
@@ -182,11 +177,9 @@ def pretrain(workdir: str, seed: int, steps: dict, max_recall_steps: int) -> lis
   return log
 
 
-def _refuse_classic_workdir(workdir: str) -> None:
-  from hyperflax import workdir as workdir_lib
-  root = workdir_lib.as_path(workdir)
+def _refuse_classic_workdir(root) -> None:
   if (root / 'downstream').exists() or any(root.glob('mtf_*')):
-    raise ValueError(f'{workdir}: holds a --classic demo run (downstream/, mtf_*/); give this '
+    raise ValueError(f'{root}: holds a --classic demo run (downstream/, mtf_*/); give this '
                      'recipe another --workdir')
 
 
@@ -211,9 +204,9 @@ def run_demo(workdir: str, seed: int = 0, kinds=DEMO_KINDS,
     steps = {k: 4 for k in steps}
     max_recall_steps = 0
     quick_eval = {'max_queries': 4, 'heldout_tasks_per_family': 1}
-  if workdir_lib.as_path(workdir).exists():
-    _refuse_classic_workdir(workdir)
-  workdir_lib.as_path(workdir).mkdir(parents=True, exist_ok=True)  # may be a gs:// URL
+  root = workdir_lib.as_path(workdir)
+  _refuse_classic_workdir(root)
+  root.mkdir(parents=True, exist_ok=True)  # may be a gs:// URL
   t0 = time.time()
   recall = pretrain(workdir, seed, steps, max_recall_steps)
   if not all(r['bound'] for r in recall):
@@ -244,7 +237,6 @@ def run_demo(workdir: str, seed: int = 0, kinds=DEMO_KINDS,
             'hyperpretraining, backbone from the frozen few-shot T5\'s encoder. '
             f'{time.time() - t0:.0f}s on this machine.\n\n')
   text = format_table(table, list(splits))
-  root = workdir_lib.as_path(workdir)
   workdir_lib.write_atomic(root / 'results.md', header + text + '\n')
   workdir_lib.write_atomic(root / 'results.json', json.dumps(
       {'seed': seed, 'steps': trained, 'pretraining': recall, 'table': table}, indent=2))
