@@ -15,6 +15,7 @@ from hyperflax.hyper import HyperConfig, abstract_params, cross_entropy
 from hyperflax.hyper.testing import FAST_COMPILE, random_t5_params
 from hyperflax.model import T5, preset
 from hyperflax.model import peft as peft_lib
+from hyperflax.model import xent
 from hyperflax.training.experiment import Experiment
 from hyperflax.training.step import make_score_step
 
@@ -126,11 +127,11 @@ def test_random_lora_is_the_frozen_model():
   assert all(float(jnp.abs(a).max()) > 0 for p, a in peft_lib.flatten(theta).items()
              if p.endswith('/a'))
 
-  def plain(_, frozen, batch):  # the frozen T5 without any PEFT
-    logits = T5(T5C).apply({'params': frozen}, batch['encoder_inputs'], batch['decoder_inputs'])
-    logp = jax.nn.log_softmax(logits, -1)
-    tok = jnp.take_along_axis(logp, batch['targets'][..., None], -1)[..., 0]
-    return jnp.sum(tok * batch['target_weights'], -1)
+  def plain(_, frozen, batch):  # the frozen T5 without any PEFT, scored as `Tuning.score`
+    hidden = T5(T5C).apply({'params': frozen}, batch['encoder_inputs'], batch['decoder_inputs'],
+                           return_hidden=True)
+    return xent.target_loglik(hidden, xent.lm_head_kernel(frozen), batch['targets'],
+                              batch['target_weights'])
 
   task = _task('zero_shot')
   want = _row_scores(task, _jit(plain), None, _frozen())

@@ -21,9 +21,9 @@ import numpy as np
 import optax
 
 from hyperflax import hyper as hyper_lib
-from hyperflax.hyper.losses import cross_entropy
 from hyperflax.model import T5, T5Config
 from hyperflax.model import peft as peft_lib
+from hyperflax.model import xent
 from hyperflax.training.experiment import Experiment
 
 Array = jax.Array
@@ -159,23 +159,25 @@ class Tuning:
 
   # ---- pure functions ----------------------------------------------------------
 
-  def logits(self, theta, fixed, downstream, batch) -> Array:
-    """[B, T, V] logits of the frozen T5 with the task's PEFT on every row."""
+  def hidden(self, theta, fixed, downstream, batch) -> Array:
+    """[B, T, D] final decoder states of the frozen T5 with the task's PEFT on every row (the
+    loss and scores go through `xent` from here: no [B, T, V] array, issue 14)."""
     peft = peft_lib.broadcast_to_batch(self.peft(theta, fixed), batch['encoder_inputs'].shape[0])
     return self.t5.apply({'params': downstream}, batch['encoder_inputs'],
-                         batch['decoder_inputs'], peft=peft, deterministic=True)
+                         batch['decoder_inputs'], peft=peft, deterministic=True,
+                         return_hidden=True)
 
   def loss(self, theta, fixed, downstream, batch) -> Array:
-    loss_sum, weight_sum = cross_entropy(self.logits(theta, fixed, downstream, batch),
-                                         batch['targets'], batch['target_weights'])
+    loss_sum, weight_sum = xent.loss_sums(self.hidden(theta, fixed, downstream, batch),
+                                          xent.lm_head_kernel(downstream), batch['targets'],
+                                          batch['target_weights'])
     return loss_sum / jnp.maximum(weight_sum, 1.0)
 
   def score(self, tuned: dict, downstream, batch) -> Array:
     """[B] summed target log-likelihood (as `step.make_score_step`)."""
-    logits = self.logits(tuned['theta'], tuned['fixed'], downstream, batch)
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    tok = jnp.take_along_axis(logp, batch['targets'][..., None].astype(jnp.int32), -1)[..., 0]
-    return jnp.sum(tok * batch['target_weights'], axis=-1)
+    return xent.target_loglik(self.hidden(tuned['theta'], tuned['fixed'], downstream, batch),
+                              xent.lm_head_kernel(downstream), batch['targets'],
+                              batch['target_weights'])
 
   def generate(self, tuned: dict, downstream, batch, max_decode_length: int) -> Array:
     from hyperflax.model.decoding import greedy_decode
