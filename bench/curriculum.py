@@ -1,6 +1,9 @@
 r"""The curriculum with which the synthetic suite's binding appears at the demo's size (issue 13).
 
   python bench/curriculum.py --workdir=runs/curriculum --seed=0 [--hypermodels=hart,lora,prefix]
+  # HART's generation orders (HART Table 7) need >= 3 layers; 3 hypermodel seeds on one chain:
+  python bench/curriculum.py --workdir=runs/deep --layers=3 --recall_steps=1000,500 \
+      --hypermodels=hart,hart_top_down,hart_random_order --hypermodel_seeds=1,2
 
 Each stage is a `bench/learning_curves.py` run (its own `curve.json`), initialised from the
 previous stage's downstream; all use the `words_compact` vocabulary, the demo's T5 (2+2 layers,
@@ -42,21 +45,38 @@ from hyperflax import curriculum  # noqa: E402
 stages = curriculum.stages  # the tests and callers of this script use it by this name
 
 
+def demo_layers() -> int:
+  return int(lc.demo.DEMO_T5['num_layers'])
+
+
 def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_families',
                                                                    'heldout_tasks'),
-        max_recall_steps: int = 3000) -> dict:
+        max_recall_steps: int = 3000, layers: int = 0, hypermodel_seeds=()) -> dict:
   """Runs the stages in order. A recall stage not yet bound (`curriculum.bound`: the
   plateau is ~1.1 nats per answer) goes on 250 steps at a time, up to `max_recall_steps`,
-  since when the transition comes varies with the initialisation."""
-  summary = {'seed': seed, 'steps': steps, 'stages': {}}
+  since when the transition comes varies with the initialisation.
+
+  `layers`: encoder and decoder layers of every stage's T5 (0: the demo's 2); HART's random
+  generation order needs at least 3. `hypermodel_seeds`: further seeds of each hypermodel on
+  the same frozen few-shot T5, in `<hypermodel>_s<seed>` (the chain is trained once)."""
+  summary = {'seed': seed, 'steps': steps, 'layers': layers or demo_layers(), 'stages': {}}
+  deep = {'model.overrides.num_layers': layers,
+          'model.overrides.num_decoder_layers': layers} if layers else {}
+  plan = []
   for name, model, n, overrides, after in stages(steps, hypermodels):
+    plan.append((name, model, n, overrides, after, seed))
+    if model in hypermodels:
+      plan += [(f'{name}_s{s}', model, n, overrides, after, s) for s in hypermodel_seeds
+               if s != seed]
+  for name, model, n, overrides, after, seed_ in plan:
+    overrides = {**overrides, **deep}
     downstream = os.path.join(workdir, after, 'downstream') if after else ''
-    rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
+    rows = lc.run_curve(workdir, model, [n], seed_, overrides, downstream, name, splits)
     last = next(r for r in rows if r['step'] == n)
     while (name.startswith('recall') and not curriculum.bound(last['loss'])
            and last['step'] + curriculum.CONTINUE_STEPS <= max_recall_steps):
       n = last['step'] + curriculum.CONTINUE_STEPS
-      rows = lc.run_curve(workdir, model, [n], seed, overrides, downstream, name, splits)
+      rows = lc.run_curve(workdir, model, [n], seed_, overrides, downstream, name, splits)
       last = next(r for r in rows if r['step'] == n)
     summary['stages'][name] = {
         'step': last['step'], 'loss': last['loss'],
@@ -85,8 +105,14 @@ def main(argv=None) -> None:
   ap.add_argument('--t5_mtf_steps', type=int, default=500)
   ap.add_argument('--max_recall_steps', type=int, default=3000,
                   help='a recall stage not yet bound (loss > 0.3) goes on up to this many steps')
+  ap.add_argument('--layers', type=int, default=0,
+                  help="encoder and decoder layers of the T5 (0: the demo's 2)")
+  ap.add_argument('--hypermodel_seeds', default='',
+                  help='comma-separated further seeds of each hypermodel on the same chain')
   a = ap.parse_args(argv)
   logging.getLogger().setLevel(logging.WARNING)
+  if a.layers < 0:
+    ap.error(f'--layers={a.layers}: expected >= 1 (or 0 for the demo\'s)')
   adj, sep = (int(x) for x in a.recall_steps.split(','))
   hyper = [h for h in a.hypermodels.split(',') if h]
   unknown = sorted(set(hyper) - set(lc.demo.VARIANTS))
@@ -95,7 +121,8 @@ def main(argv=None) -> None:
   run(a.workdir, a.seed, hyper, {'recall_adjacent': adj, 'recall_separated': sep,
                                  'fewshot': a.fewshot_steps, 'hypermodel': a.hypermodel_steps,
                                  't5_mtf': a.t5_mtf_steps},
-      max_recall_steps=a.max_recall_steps)
+      max_recall_steps=a.max_recall_steps, layers=a.layers,
+      hypermodel_seeds=[int(x) for x in a.hypermodel_seeds.split(',') if x])
 
 
 if __name__ == '__main__':

@@ -100,3 +100,32 @@ def test_curriculum_runs_end_to_end(tmp_path, capsys):
 def test_query_marks_are_checked_in_one_line(data, evl, match):
   with pytest.raises(ValueError, match=match):
     lc.config_for('fewshot', 10, 0, {'data.options': data, 'eval.options': evl})
+
+
+def test_curriculum_layers_and_hypermodel_seeds_reach_every_stage(tmp_path, monkeypatch):
+  """--layers sets every stage's T5 depth (each stage's config is validated); further
+  hypermodel seeds train on the chain's one frozen few-shot T5 in their own directories."""
+  import curriculum
+  calls = []
+
+  def fake_run_curve(workdir, model, points, seed, overrides, downstream, name, splits):
+    cfg = lc.config_for(model, points[-1], seed, overrides, downstream or '')
+    calls.append((name, seed, downstream, cfg.model.overrides.num_layers,
+                  cfg.model.overrides.num_decoder_layers))
+    split = {'accuracy': 50.0, 'chance': 38.9, 'per_group': {}}
+    return [{'step': points[-1], 'loss': 0.1, **{s: split for s in splits}}]
+
+  monkeypatch.setattr(lc, 'run_curve', fake_run_curve)
+  steps = {'recall_adjacent': 3, 'recall_separated': 3, 'fewshot': 3, 'hypermodel': 3,
+           't5_mtf': 3}
+  summary = curriculum.run(str(tmp_path), 0, ['hart', 'hart_random_order'], steps, layers=3,
+                           hypermodel_seeds=[0, 1, 2])
+  names = [c[0] for c in calls]
+  assert names == ['recall_adjacent', 'recall_separated', 'fewshot', 'hart', 'hart_s1',
+                   'hart_s2', 'hart_random_order', 'hart_random_order_s1',
+                   'hart_random_order_s2', 't5_mtf']
+  assert all(c[3:] == (3, 3) for c in calls)
+  few = str(tmp_path / 'fewshot' / 'downstream')
+  assert [(c[1], c[2]) for c in calls if c[0].startswith('hart')] == [
+      (0, few), (1, few), (2, few)] * 2
+  assert summary['layers'] == 3 and list(summary['stages']) == names
