@@ -16,6 +16,7 @@ compilers fuse and rematerialise differently).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -68,6 +69,31 @@ def abstract_batch(config, exp) -> dict:
   return {k: jax.ShapeDtypeStruct((rows, n), dt) for k, (n, dt) in batch.items()}
 
 
+@contextlib.contextmanager
+def _unrolled_threefry_on_cpu():
+  """Lowers `threefry2x32` for CPU unrolled, as JAX does for GPU and TPU.
+
+  For compile time JAX lowers it on CPU as a rolled while loop, which makes
+  every random draw materialise two uint32 arrays of its output's shape (each
+  dropout on [batch, heads, T, T] attention weights: 2 x 268 MB per hypermodel
+  encoder layer at 2 XL rows, in the forward and again in the remat) where the
+  accelerators' compilers fuse the bits into their consumer. Same bits either
+  way; only the plan's compile sees it (restored on exit).
+  """
+  try:
+    from jax._src.interpreters import mlir
+    from jax._src.random import threefry2x32 as tf
+    unrolled, rolled = tf._threefry2x32_lowering_rule, tf._threefry2x32_cpu_lowering_rule
+  except (ImportError, AttributeError):  # private API moved: plan with JAX's default
+    yield
+    return
+  mlir.register_lowering(tf.threefry2x32_p, unrolled, platform='cpu')
+  try:
+    yield
+  finally:
+    mlir.register_lowering(tf.threefry2x32_p, rolled, platform='cpu')
+
+
 def memory_plan(config, mesh, compile_step: bool = True) -> dict:
   """Per-device bytes of `config`'s training step on `mesh`.
 
@@ -113,7 +139,8 @@ def memory_plan(config, mesh, compile_step: bool = True) -> dict:
     step = plan.jit_train_step(make_train_step(exp, optimizer, accum), batch)
     args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         (st, plan.abstract_frozen, batch), (sh, plan.frozen, batch_sh))
-    mem = step.lower(*args).compile().memory_analysis()
+    with _unrolled_threefry_on_cpu():  # as GPU/TPU lower it (see there)
+      mem = step.lower(*args).compile().memory_analysis()
     out.update(xla_arguments=int(mem.argument_size_in_bytes),
                xla_outputs=int(mem.output_size_in_bytes),
                xla_aliased=int(mem.alias_size_in_bytes),

@@ -130,3 +130,17 @@ def test_plan_parses_meshes_and_knows_slices():
   assert plan.parse_mesh('data=2, fsdp=-1') == {'data': 2, 'fsdp': -1}
   assert plan.parse_mesh('') == {'data': -1}
   assert plan.SLICES['v4-32'][0] == 16 and plan.SLICES['v4-128'][0] == 64
+
+
+def test_plan_compiles_threefry_as_accelerators_do_and_restores_cpu_lowering():
+  """`memory_plan` lowers the RNG unrolled (as on GPU/TPU, not CPU's rolled loop that
+  materialises the counters); the bits are the same, and the CPU rule is back afterwards."""
+  from hyperflax import plan
+  key = jax.random.PRNGKey(3)
+  draw = lambda: lambda k: jax.random.bernoulli(k, 0.9, (4, 33, 17))  # a fresh function each
+  before = np.asarray(jax.jit(draw())(key))
+  with plan._unrolled_threefry_on_cpu():
+    assert 'while' not in jax.jit(draw()).lower(key).as_text()
+    inside = np.asarray(jax.jit(draw())(key))
+  assert 'while' in jax.jit(draw()).lower(key).as_text()
+  np.testing.assert_array_equal(inside, before)

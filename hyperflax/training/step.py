@@ -102,7 +102,14 @@ def make_train_step(exp: Experiment, optimizer: optax.GradientTransformation,
     def body(carry, xs):
       grads, loss_sum, weight_sum, cst, prev = carry
       mb, i = xs
-      (_, (ls, ws, c, new_prev)), g = grad_fn(state.trainable, frozen, mb,
+      weights = (state.trainable, frozen)
+      if accum_steps > 1:
+        # Tie the weights to the loop index (an identity): otherwise XLA's while-loop
+        # invariant code motion hoists every weight's compute-dtype cast (and on
+        # XLA:CPU its f32 and transposed dot copies; under FSDP possibly the
+        # all-gathers) out of this loop, all kept alive for the whole of it.
+        weights, _ = jax.lax.optimization_barrier((weights, i))
+      (_, (ls, ws, c, new_prev)), g = grad_fn(weights[0], weights[1], mb,
                                              jax.random.fold_in(rng, i), state.prev_states,
                                              first)
       grads = jax.tree.map(jnp.add, grads, g)
