@@ -28,8 +28,9 @@ evaluation set) and scores the remaining queries. Methods x initialisations:
                 embeddings with its heads as the MLP (App. D).
   lora        LoRA a [1, L, D, R] and b [1, L, R, F] on q/v of every site.
                 random  a ~ N(0, 1/D), b = 0 (an exact no-op); shared  the
-                T5-MTF (LoRA) run's a, b; hyper  HyperT5-LoRA's a, b. The
-                per-layer gate is kept fixed (1, or HyperT5-LoRA's tanh gate).
+                T5-MTF (LoRA) run's a, b; hyper  HyperT5-LoRA's a, b. A
+                generated per-layer gate is folded into b (as the PEFT
+                export does), so every init tunes a plain LoRA.
 
 Each (method, init) is tuned at every learning rate and seed (AdamW, gradients
 clipped to norm 1, constant rate by default, no dropout; the seed draws the

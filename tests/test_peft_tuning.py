@@ -195,3 +195,18 @@ def test_paper_protocol_tasks_b1_prompts_tuned_on_training_data(tmp_path):
   assert len(fallback.data.queries) == 56 - 16
   assert inspect.signature(pt.run_sweep).parameters['learning_rates'].default == \
       (1e-3, 1e-4, 1e-5)
+
+
+def test_generated_lora_gate_is_folded_into_b():
+  """Hyper Init tunes the same plain LoRA as the other inits (gate 1), with the same delta:
+  a fixed gate of ~0.01 would scale every update down a hundredfold."""
+  from hyperflax.training.peft_init import _split_lora
+  rng = np.random.default_rng(0)
+  a, b = rng.normal(size=(1, 2, 8, 4)), rng.normal(size=(1, 2, 4, 6))
+  gate = np.array([[0.01, -0.5]])
+  theta, fixed = _split_lora({'encoder': {'self': {'query': {
+      'a': jnp.asarray(a), 'b': jnp.asarray(b), 'gate': jnp.asarray(gate)}}}})
+  slot, g = theta['encoder']['self']['query'], fixed['encoder']['self']['query']['gate']
+  np.testing.assert_array_equal(np.asarray(g), np.ones((1, 2)))
+  np.testing.assert_allclose(np.asarray(slot['a']) @ np.asarray(slot['b']),
+                             (a @ b) * gate[..., None, None], rtol=1e-5, atol=1e-6)

@@ -80,13 +80,23 @@ def load_run(workdir: str) -> GeneratorRun:
 # ---- parameterisations --------------------------------------------------------
 
 def _split_lora(peft: dict) -> tuple[dict, dict]:
-  """LoRA slots -> (trainable {a, b}, fixed {gate}); a missing gate is 1."""
-  theta, fixed = {}, {}
+  """LoRA slots -> (trainable {a, b}, fixed {gate = 1}).
+
+  A generated per-layer gate (HyperT5-LoRA's tanh gate) is folded into b, as the PEFT
+  export does: every init then tunes the same plain LoRA. Kept apart and fixed, a gate of
+  ~0.01 (what the demo's hypermodels learn) would shrink every update of the delta a
+  hundredfold against the random and shared inits' gate of 1."""
+  theta, gates = {}, {}
   for path, leaf in peft_lib.flatten(peft).items():
-    (fixed if path.endswith('/gate') else theta)[path] = leaf
+    (gates if path.endswith('/gate') else theta)[path] = leaf
+  fixed = {}
   for path, a in list(theta.items()):
     if path.endswith('/a'):
-      fixed.setdefault(path[:-1] + 'gate', jnp.ones(a.shape[:2], a.dtype))
+      gate = path[:-1] + 'gate'
+      if gate in gates:
+        b = path[:-1] + 'b'
+        theta[b] = theta[b] * gates[gate][..., None, None].astype(theta[b].dtype)
+      fixed[gate] = jnp.ones(a.shape[:2], a.dtype)
   return peft_lib.unflatten(theta), peft_lib.unflatten(fixed)
 
 
