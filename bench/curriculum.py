@@ -66,8 +66,8 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
   for name, model, n, overrides, after in stages(steps, hypermodels):
     plan.append((name, model, n, overrides, after, seed))
     if model in hypermodels:
-      plan += [(f'{name}_s{s}', model, n, overrides, after, s) for s in hypermodel_seeds
-               if s != seed]
+      plan += [(f'{name}_s{s}', model, n, overrides, after, s)
+               for s in dict.fromkeys(hypermodel_seeds) if s != seed]
   for name, model, n, overrides, after, seed_ in plan:
     overrides = {**overrides, **deep}
     downstream = os.path.join(workdir, after, 'downstream') if after else ''
@@ -79,7 +79,7 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
       rows = lc.run_curve(workdir, model, [n], seed_, overrides, downstream, name, splits)
       last = next(r for r in rows if r['step'] == n)
     summary['stages'][name] = {
-        'step': last['step'], 'loss': last['loss'],
+        'seed': seed_, 'step': last['step'], 'loss': last['loss'],
         **{s: {'accuracy': last[s]['accuracy'], 'chance': last[s]['chance'],
                'majority': last[s].get('majority'),
                'per_group': {g: v['accuracy'] for g, v in last[s]['per_group'].items()}}
@@ -89,7 +89,7 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
   chance = next(iter(summary['stages'].values()))[splits[0]]['chance']
   print(f'seed {seed}: rank accuracy (%), chance {chance:.1f} on {splits[0]}')
   for name, st in summary['stages'].items():
-    print(f'  {name:18s} ' + '  '.join(f'{s} {st[s]["accuracy"]:5.1f}' for s in splits
+    print(f'  {name:22s} ' + '  '.join(f'{s} {st[s]["accuracy"]:5.1f}' for s in splits
                                       if s in st))
   return summary
 

@@ -83,7 +83,16 @@ def run_curve(workdir: str, model: str, points, seed: int = 0, overrides=None,
   run_dir = os.path.join(workdir, name or model)
   os.makedirs(run_dir, exist_ok=True)
   path = os.path.join(run_dir, 'curve.json')
-  rows = json.load(open(path))['rows'] if os.path.exists(path) else []
+  want = json.loads(json.dumps({'model': model, 'seed': seed, 'overrides': overrides or {},
+                                'downstream': downstream}))
+  rows = []
+  if os.path.exists(path):  # resume only the same run (its checkpoints go on)
+    have = json.load(open(path))
+    diff = [k for k in want if have.get(k) != want[k]]
+    if diff:
+      raise ValueError(f'{path}: trained with other {", ".join(diff)}; use another run name '
+                       'or --workdir')
+    rows = have['rows']
   done = {r['step'] for r in rows}
   for step in points:
     if step in done:
@@ -97,8 +106,7 @@ def run_curve(workdir: str, model: str, points, seed: int = 0, overrides=None,
     row['train_s'], row['eval_s'] = t1 - t0, time.time() - t1
     rows.append(row)
     with open(path, 'w') as f:
-      json.dump({'model': model, 'seed': seed, 'overrides': overrides or {},
-                 'downstream': downstream, 'rows': rows}, f, indent=1)
+      json.dump({**want, 'rows': rows}, f, indent=1)
     print(f'[{name or model}] step {step} loss {row["loss"]:.3f} ' + ' '.join(
         f'{s}: acc {row[s]["accuracy"]:.1f} em {row[s]["exact_match"] or 0:.1f}'
         for s in splits) + f' ({row["train_s"]:.0f}+{row["eval_s"]:.0f}s)', flush=True)

@@ -340,15 +340,14 @@ def export_peft(adapter: Adapter, out_dir: str, base_model_name_or_path: str | N
       key = f'{stack}/{site}/{proj}'
       if f'{key}/a' not in slots:
         continue
-      a, b = slots[f'{key}/a'], slots[f'{key}/b']
-      gate = slots.get(f'{key}/gate', np.ones(a.shape[0], np.float32))
+      a, b = slots[f'{key}/a'], peft_lib.gated_b(slots[f'{key}/b'], slots.get(f'{key}/gate'))
       for layer in range(a.shape[0]):
         module = f'{pattern.format(i=layer)}.{short}'
         modules.append(module)
         ranks.add(a.shape[-1])
         tensors[f'base_model.model.{module}.lora_A.weight'] = np.ascontiguousarray(a[layer].T)
         tensors[f'base_model.model.{module}.lora_B.weight'] = np.ascontiguousarray(
-            (b[layer] * gate[layer]).T)
+            b[layer].T)
   rank = ranks.pop()
   source = (adapter.manifest.get('downstream') or {}).get('source')
   if base_model_name_or_path is None and source and os.path.isdir(source):

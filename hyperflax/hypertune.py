@@ -40,6 +40,7 @@ import numpy as np
 from hyperflax import adapters as adapters_lib
 from hyperflax.data.examples import Example, Lengths
 from hyperflax.data.io_utils import iter_jsonl
+from hyperflax.model import peft as peft_lib
 
 log = logging.getLogger('hyperflax.hypertune')
 
@@ -250,9 +251,8 @@ def hyper_init_params(adapter: adapters_lib.Adapter) -> tuple[str, dict]:
         if f'{key}/a' not in slots:
           raise ValueError(f'hyper-init: adapter has no {key} factors; shared_lora needs all '
                            f'of {LORA_SITES} x {PROJECTIONS}')
-        gate = slots.get(f'{key}/gate', np.ones(slots[f'{key}/a'].shape[0], np.float32))
         params[f'{name}_a'] = slots[f'{key}/a']
-        params[f'{name}_b'] = slots[f'{key}/b'] * gate[:, None, None]
+        params[f'{name}_b'] = peft_lib.gated_b(slots[f'{key}/b'], slots.get(f'{key}/gate'))
     return 'shared_lora', params
   if adapter.kind == 'prefix_mlp' and 'init/embeddings' in adapter.tensors:
     from hyperflax.hyper.shared import shared_prefix_from_hypermodel

@@ -71,23 +71,27 @@ def abstract_batch(config, exp) -> dict:
 
 @contextlib.contextmanager
 def _unrolled_threefry_on_cpu():
-  """Lowers `threefry2x32` for CPU unrolled, as JAX does for GPU and TPU.
+  """Lowers `threefry2x32` for CPU with JAX's default (TPU) rule, unrolled.
 
   For compile time JAX lowers it on CPU as a rolled while loop, which makes
   every random draw materialise two uint32 arrays of its output's shape (each
   dropout on [batch, heads, T, T] attention weights: 2 x 268 MB per hypermodel
-  encoder layer at 2 XL rows, in the forward and again in the remat) where the
-  accelerators' compilers fuse the bits into their consumer. Same bits either
-  way; only the plan's compile sees it (restored on exit).
+  encoder layer at 2 XL rows, in the forward and again in the remat), where
+  TPU's compiler fuses the unrolled bits into their consumer and GPUs run one
+  kernel. Same bits either way; only the plan's compile sees it (restored on
+  exit).
   """
   try:
     from jax._src.interpreters import mlir
     from jax._src.random import threefry2x32 as tf
     unrolled, rolled = tf._threefry2x32_lowering_rule, tf._threefry2x32_cpu_lowering_rule
   except (ImportError, AttributeError):  # private API moved: plan with JAX's default
+    tf = None
+  if tf is None:
     yield
     return
-  mlir.register_lowering(tf.threefry2x32_p, unrolled, platform='cpu')
+  # As JAX registers them (the accelerators' rule is not inlined).
+  mlir.register_lowering(tf.threefry2x32_p, unrolled, platform='cpu', inline=False)
   try:
     yield
   finally:
@@ -139,7 +143,7 @@ def memory_plan(config, mesh, compile_step: bool = True) -> dict:
     step = plan.jit_train_step(make_train_step(exp, optimizer, accum), batch)
     args = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                         (st, plan.abstract_frozen, batch), (sh, plan.frozen, batch_sh))
-    with _unrolled_threefry_on_cpu():  # as GPU/TPU lower it (see there)
+    with _unrolled_threefry_on_cpu():  # as TPU lowers it (see there)
       mem = step.lower(*args).compile().memory_analysis()
     out.update(xla_arguments=int(mem.argument_size_in_bytes),
                xla_outputs=int(mem.output_size_in_bytes),

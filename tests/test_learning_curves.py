@@ -129,3 +129,21 @@ def test_curriculum_layers_and_hypermodel_seeds_reach_every_stage(tmp_path, monk
   assert [(c[1], c[2]) for c in calls if c[0].startswith('hart')] == [
       (0, few), (1, few), (2, few)] * 2
   assert summary['layers'] == 3 and list(summary['stages']) == names
+
+
+def test_a_run_resumes_only_with_its_own_settings(tmp_path, monkeypatch):
+  """Resuming a curve with another seed or overrides (e.g. another --layers) would mix two
+  runs in one directory: refused in one line before anything trains."""
+  import json as json_lib
+  run = tmp_path / 'fewshot'
+  run.mkdir()
+  (run / 'curve.json').write_text(json_lib.dumps(
+      {'model': 'fewshot', 'seed': 0, 'overrides': {'model.overrides.num_layers': 3},
+       'downstream': '', 'rows': [{'step': 10}]}))
+  monkeypatch.setattr('hyperflax.train.train', lambda *a: pytest.fail('trained'))
+  assert lc.run_curve(str(tmp_path), 'fewshot', [10], 0,
+                      {'model.overrides.num_layers': 3}) == [{'step': 10}]
+  with pytest.raises(ValueError, match='trained with other overrides'):
+    lc.run_curve(str(tmp_path), 'fewshot', [10], 0, {})
+  with pytest.raises(ValueError, match='trained with other seed'):
+    lc.run_curve(str(tmp_path), 'fewshot', [10], 1, {'model.overrides.num_layers': 3})

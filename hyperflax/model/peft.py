@@ -98,6 +98,12 @@ def expected_shapes(config: T5Config, batch: int, prefix_len: int | None,
   return shapes
 
 
+def gated_b(b, gate=None):
+  """LoRA's up map b [..., L, R, F] with its per-layer gate [..., L] folded in: a @ (gate b)
+  is gate (a @ b), a plain LoRA (PEFT and single-task tuning have no gate)."""
+  return b if gate is None else b * gate[..., None, None]
+
+
 def flatten(peft: Peft) -> dict[str, Array]:
   flat = {}
   def walk(node, path):

@@ -95,7 +95,7 @@ def _split_lora(peft: dict) -> tuple[dict, dict]:
       gate = path[:-1] + 'gate'
       if gate in gates:
         b = path[:-1] + 'b'
-        theta[b] = theta[b] * gates[gate][..., None, None].astype(theta[b].dtype)
+        theta[b] = peft_lib.gated_b(theta[b], gates[gate].astype(theta[b].dtype))
       fixed[gate] = jnp.ones(a.shape[:2], a.dtype)
   return peft_lib.unflatten(theta), peft_lib.unflatten(fixed)
 
