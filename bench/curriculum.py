@@ -45,10 +45,6 @@ from hyperflax import curriculum  # noqa: E402
 stages = curriculum.stages  # the tests and callers of this script use it by this name
 
 
-def demo_layers() -> int:
-  return int(lc.demo.DEMO_T5['num_layers'])
-
-
 def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_families',
                                                                    'heldout_tasks'),
         max_recall_steps: int = 3000, layers: int = 0, hypermodel_seeds=()) -> dict:
@@ -59,7 +55,7 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
   `layers`: encoder and decoder layers of every stage's T5 (0: the demo's 2); HART's random
   generation order needs at least 3. `hypermodel_seeds`: further seeds of each hypermodel on
   the same frozen few-shot T5, in `<hypermodel>_s<seed>` (the chain is trained once)."""
-  summary = {'seed': seed, 'steps': steps, 'layers': layers or demo_layers(), 'stages': {}}
+  summary = {'seed': seed, 'steps': steps, 'layers': layers or lc.demo.DEMO_T5['num_layers'], 'stages': {}}
   deep = {'model.overrides.num_layers': layers,
           'model.overrides.num_decoder_layers': layers} if layers else {}
   plan = []

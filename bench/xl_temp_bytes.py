@@ -18,17 +18,14 @@ import sys
 
 FAST_XLA = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 CHILD = r'''
-import importlib.util, json, sys, time
+import json, sys, time
 repo = sys.argv[1]
 sys.path.insert(0, repo)
 import hyperflax
 if not hyperflax.__file__.startswith(repo):
   raise SystemExit(f'{repo}: imported hyperflax from {hyperflax.__file__}')
-from hyperflax import plan, sharding
-spec = importlib.util.spec_from_file_location('hart_xl', f'{repo}/configs/hart_xl.py')
-mod = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(mod)
-c = mod.get_config()
+from hyperflax import pipeline, plan, sharding
+c = pipeline.load_config('hart_xl', configs_dir=f'{repo}/configs')
 c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
 c.data.batch_size = 2 * int(c.train.grad_accum_steps)
 t0 = time.time()

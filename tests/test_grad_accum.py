@@ -1,13 +1,8 @@
 """Gradient accumulation: the micro-batch loop (with its weight barrier, issue 14) takes the
 step one full batch takes."""
 
-import importlib.util
-import os
-
 import jax
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_two_micro_batches_equal_one_batch():
@@ -15,11 +10,8 @@ def test_two_micro_batches_equal_one_batch():
   from hyperflax.training.experiment import Experiment
   from hyperflax.training.optim import make_optimizer
   from hyperflax.training.step import create_state, make_train_step
-  spec = importlib.util.spec_from_file_location(
-      'c', os.path.join(ROOT, 'configs/hypert5_prefix_large.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('tiny')
+  from hyperflax.pipeline import load_config
+  config = load_config('hypert5_prefix_large', 'tiny')
   config.data.batch_size = 4
   config.model.dropout_rate = 0.0  # each micro batch draws its own dropout mask
   config.hyper.dropout_rate = 0.0
