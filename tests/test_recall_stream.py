@@ -65,6 +65,54 @@ def test_each_scored_answer_is_its_keys_value_in_the_encoder(separated, marks):
   assert (b['decoder_inputs'][:, 0] == 0).all()
 
 
+def test_hyper_mode_gives_the_pairs_to_the_hypermodel_and_nothing_else_to_the_t5():
+  concat = _stream(separated=True, pairs=5, queries=6).batch(4)
+  hyper = data.get_dataset('synthetic_recall', 'train', batch_size=8, mode='hyper',
+                           lengths=LENGTHS, vocab_path='words', seed=3, query_in_decoder=True,
+                           separated=True, pairs=5, queries=6).batch(4)
+  # The same rows: the hypermodel reads what the concat row's encoder stated ...
+  stated = concat['encoder_inputs'][:, :LENGTHS[0]]
+  np.testing.assert_array_equal(hyper['hyper_inputs'], stated)
+  assert not concat['encoder_inputs'][:, LENGTHS[0]:].any()
+  # ... the downstream encoder reads only </s>, and the scored lookups are unchanged.
+  assert hyper['encoder_inputs'].shape == (8, LENGTHS[1])
+  assert (hyper['encoder_inputs'][:, 0] == data.EOS_ID).all()
+  assert not hyper['encoder_inputs'][:, 1:].any()
+  for k in ('decoder_inputs', 'targets', 'target_weights', 'hyper_num_used'):
+    np.testing.assert_array_equal(hyper[k], concat[k])
+
+
+def test_hyper_mode_refuses_pairs_that_overflow_the_hypermodel_input():
+  with pytest.raises(ValueError, match='hypermodel and .* decoder ids'):
+    data.get_dataset('synthetic_recall', 'train', batch_size=2, mode='hyper',
+                     lengths=(12, 4, 56), vocab_path='words', query_in_decoder=True,
+                     pairs=5, queries=2)
+
+
+@pytest.mark.parametrize('stated_in', ['decoder', 'mixed'])
+def test_pairs_stated_in_the_decoder_answer_its_lookups_and_are_not_scored(stated_in):
+  tok = synthetic.word_tokenizer('words')
+  b = _stream(pairs=4, queries=6, query_marks='none', stated_in=stated_in).batch(1)
+  in_decoder = 0
+  for enc, tgt, w in zip(b['encoder_inputs'], b['targets'], b['target_weights']):
+    enc_words = tok.decode([i for i in enc if i]).split()
+    dec = [int(i) for i in tgt if i]
+    words = tok.decode(dec).replace('</s>', '').split()
+    if enc_words == ['</s>']:  # stated in the decoder: k v (x4), then 6 scored lookups
+      in_decoder += 1
+      assert len(words) == 2 * (4 + 6)
+      stated = dict(zip(words[0:8:2], words[1:8:2]))
+      assert len(stated) == 4
+      assert not w[:8].any()  # the statements are read, never scored
+      lookups = list(zip(words[8::2], words[9::2]))
+      scored = [tok.decode([int(i)]) for i, x in zip(tgt, w) if x][:-1]
+      assert scored == [a for _, a in lookups]
+      assert all(stated[q] == a for q, a in lookups)
+    else:
+      assert stated_in == 'mixed' and len(enc_words) == 4 * 3 + 1
+  assert in_decoder == 8 if stated_in == 'decoder' else 0 < in_decoder < 8
+
+
 def test_batches_are_a_function_of_seed_and_step_and_resume_exactly():
   a, b = _stream(), _stream()
   np.testing.assert_array_equal(a.batch(7)['encoder_inputs'], b.batch(7)['encoder_inputs'])
@@ -88,7 +136,7 @@ def test_compact_rows_are_the_word_rows_renumbered():
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(query_in_decoder=False), 'query_in_decoder=True'),
-    (dict(mode='hyper'), 'mode "concat"'),
+    (dict(mode='zero_shot'), 'mode "concat"'),
     (dict(split='validation'), 'training stream'),
     (dict(pairs=4, queries=20), 'raise data.lengths'),
     (dict(pairs=60, queries=1), 'raise data.lengths'),
@@ -99,6 +147,8 @@ def test_compact_rows_are_the_word_rows_renumbered():
     (dict(keys=['cat']), "keys=\\['cat'\\]"),
     (dict(pairs='4'), "pairs='4'; expected an integer"),
     (dict(query_marks='x'), "query_marks='x'"),
+    (dict(stated_in='both'), "stated_in='both'"),
+    (dict(stated_in='decoder', mode='hyper'), '"concat" only'),
 ])
 def test_misuse_is_refused_in_one_line(kwargs, match):
   kw = dict(split='train', mode='concat', query_in_decoder=True)

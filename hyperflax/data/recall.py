@@ -28,12 +28,32 @@ from hyperflax.data.examples import Lengths
 from hyperflax.data.vocab import EOS_ID, X_ID, Y_ID
 
 
+STATED_IN = ('encoder', 'decoder', 'mixed')
+
+
 class RecallStream:
-  """Infinite recall batches (mode 'concat'); batch n is a pure function of (seed, n)."""
+  """Infinite recall batches; batch n is a pure function of (seed, n).
+
+  Mode 'concat' states the pairs in the T5's encoder (a curriculum stage for the T5). Mode
+  'hyper' gives them to the hypermodel instead and the downstream encoder only `</s>`, so the
+  generated parameters alone must carry every key's value: the recall analogue of the papers'
+  hyperpretraining, for HyperT5-Prefix and -LoRA.
+
+  `stated_in='decoder'` (mode 'concat') states the pairs in the decoder instead, unscored and in
+  the lookups' format, before the lookups (`k1 v1 k2 v2 q1 a1 ...`), with only `</s>` in the
+  encoder: recall through the decoder's self-attention, the sites HyperT5-Prefix's prefixes and
+  HyperT5-LoRA's self-attention deltas write. `'mixed'` draws encoder or decoder per row.
+  """
 
   def __init__(self, tokenizer, lengths: Lengths, batch_size: int, seed: int,
                start_step: int = 0, keys=(), values=(), pairs: int = 4, queries: int = 8,
-               separated: bool = False, query_marks: str = 'xy'):
+               separated: bool = False, query_marks: str = 'xy', mode: str = 'concat',
+               stated_in: str = 'encoder'):
+    if mode not in ('concat', 'hyper'):
+      raise ValueError(f'synthetic_recall: mode {mode!r}; expected "concat" or "hyper"')
+    if stated_in not in STATED_IN or (stated_in != 'encoder' and mode != 'concat'):
+      raise ValueError(f'synthetic_recall: stated_in={stated_in!r}; expected one of '
+                       f'{STATED_IN} ("decoder" and "mixed" in mode "concat" only)')
     if pairs < 1 or pairs > len(keys):
       raise ValueError(f'synthetic_recall: pairs={pairs}; expected 1..{len(keys)}')
     if queries < 1:
@@ -47,15 +67,18 @@ class RecallStream:
     self._values = [list(tokenizer.encode(v)) for v in values]
     self.lengths, self.batch_size, self.seed = lengths, batch_size, seed
     self.start_step, self.pairs, self.queries = start_step, pairs, queries
-    self.separated = separated
+    self.separated, self.mode, self.stated_in = separated, mode, stated_in
     # The longest row must fit: a cut row would ask for a key it no longer states.
     k = max(map(len, self._keys))
     v = max(map(len, self._values))
     enc = pairs * (1 + k + separated + v) + 1
-    dec = queries * (len(lookup_head((), query_marks)) + k + v) + 1
-    if enc > lengths.concat or dec > lengths.decoder:
+    dec = (queries + pairs * (stated_in != 'encoder')) * (
+        len(lookup_head((), query_marks)) + k + v) + 1
+    room = lengths.hyper if mode == 'hyper' else lengths.concat
+    if enc > room or dec > lengths.decoder:
       raise ValueError(
-          f'synthetic_recall: a row needs up to {enc} encoder and {dec} decoder ids '
+          f'synthetic_recall: a row needs up to {enc} {"hypermodel" if mode == "hyper" else "encoder"}'
+          f' and {dec} decoder ids '
           f'(pairs={pairs}, queries={queries}); data.lengths give {lengths.concat} and '
           f'{lengths.decoder}: raise data.lengths or lower the options')
 
@@ -69,18 +92,30 @@ class RecallStream:
       for k, v in zip(keys, vals):
         enc += [X_ID, *self._keys[k], *([Y_ID] if self.separated else []), *self._values[v]]
       tgt, read = [], []
+      if self.stated_in == 'decoder' or (self.stated_in == 'mixed' and rng.random() < 0.5):
+        for k, v in zip(keys, vals):
+          tgt += lookup_head(self._keys[k], self._marks) + self._values[v]
+        read, enc = [1] * len(tgt), []
       for j in rng.integers(self.pairs, size=self.queries):
         head = lookup_head(self._keys[keys[j]], self._marks)
         tgt += head + self._values[vals[j]]
         read += [1] * len(head) + [0] * len(self._values[vals[j]])
-      enc_rows.append(pad_to(enc + [EOS_ID], self.lengths.concat))
+      enc_rows.append(pad_to(enc + [EOS_ID], self.lengths.hyper if self.mode == 'hyper'
+                             else self.lengths.concat))
       tgt_rows.append(pad_to(tgt + [EOS_ID], self.lengths.decoder))
       read_rows.append(pad_to(read, self.lengths.decoder))
     targets = np.asarray(self._to_model(np.asarray(tgt_rows, np.int32)), np.int32)
     decoder_inputs, weights = teacher_forcing(targets, np.asarray(read_rows, bool))
     n = self.batch_size
+    stated = np.asarray(self._to_model(np.asarray(enc_rows, np.int32)), np.int32)
+    if self.mode == 'hyper':  # the hypermodel reads the pairs; the downstream only the lookups
+      fields = {'hyper_inputs': stated,
+                'encoder_inputs': np.asarray(self._to_model(np.asarray(
+                    [pad_to([EOS_ID], self.lengths.encoder)] * n, np.int32)), np.int32)}
+    else:
+      fields = {'encoder_inputs': stated}
     return {
-        'encoder_inputs': np.asarray(self._to_model(np.asarray(enc_rows, np.int32)), np.int32),
+        **fields,
         'decoder_inputs': decoder_inputs, 'targets': targets, 'target_weights': weights,
         'hyper_num_used': np.full(n, self.pairs, np.int32),
         'hyper_num_dropped': np.zeros(n, np.int32)}

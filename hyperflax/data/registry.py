@@ -52,7 +52,7 @@ _OPTIONS = {
                   'recall_slots', 'train_families', 'query_in_decoder',
                   'decoder_recall', 'query_marks'},
     'recall': {'pairs', 'queries', 'num_labels', 'separated', 'query_in_decoder',
-               'query_marks', 'keys'},
+               'query_marks', 'keys', 'stated_in'},
     'caclm': {'c4_paths', 'tfds_data_dir', 'use_tfds', 'segments', 'num_docs',
               'suite_seed', 'num_eval_batches'},
 }
@@ -376,10 +376,10 @@ def _recall_stream(ctx, split, mode, lengths, batch_size, start_step):
   if split != 'train':
     raise ValueError(f'{ctx.name} is a training stream; evaluate on synthetic_fewshot '
                      '(eval.name) with query_in_decoder')
-  if mode != 'concat' or ctx.opt('query_in_decoder') is not True:
-    raise ValueError(f'{ctx.name}: rows are T5-MTF-Few-shot rows with the queries in the '
-                     f'decoder: needs mode "concat" (got {mode!r}) and option '
-                     'query_in_decoder=True (as in eval.options)')
+  if mode not in ('concat', 'hyper') or ctx.opt('query_in_decoder') is not True:
+    raise ValueError(f'{ctx.name}: rows have the queries in the decoder: needs mode "concat" '
+                     f'or "hyper" (got {mode!r}) and option query_in_decoder=True (as in '
+                     'eval.options)')
   for key in ('num_labels', 'pairs', 'queries'):
     if not isinstance(ctx.opt(key, 1), int) or isinstance(ctx.opt(key), bool):
       raise ValueError(f'{ctx.name}: {key}={ctx.opt(key)!r}; expected an integer')
@@ -394,7 +394,8 @@ def _recall_stream(ctx, split, mode, lengths, batch_size, start_step):
   return recall_lib.RecallStream(
       ctx.tokenizer, lengths, batch_size, ctx.seed, start_step, pools[keys],
       synthetic.LABELS[:num_labels], pairs=ctx.opt('pairs', 4), queries=ctx.opt('queries', 8),
-      separated=bool(ctx.opt('separated', False)), query_marks=ctx.opt('query_marks', 'xy'))
+      separated=bool(ctx.opt('separated', False)), query_marks=ctx.opt('query_marks', 'xy'),
+      mode=mode, stated_in=ctx.opt('stated_in', 'encoder'))
 
 
 def _bounded(stream, split, ctx):
