@@ -270,9 +270,9 @@ def run(workdir: str, config: ml_collections.ConfigDict, trainable, frozen,
     suite = register_for_run(config, exp.data_mode, other.collection if other else None)
     mixture, split = mixture or suite.mixture, split or e.split
     lengths, converter_hyper = suite.sequence_length(), exp.data_mode == 'hyper'
-  from hyperflax.tasks import HyperEncDecFeatureConverter  # pylint: disable=g-import-not-at-top
-  converter = (HyperEncDecFeatureConverter(pack=False) if converter_hyper
-               else seqio.EncDecFeatureConverter(pack=False))
+  from hyperflax import tasks  # pylint: disable=g-import-not-at-top
+  converter = (tasks.HyperEncDecFeatureConverter(pack=False) if converter_hyper
+               else tasks.EncDecFeatureConverter(pack=False))
   # The run's seed picks CACLM's validation documents (the Evaluator's default is 42).
   evaluator = Evaluator(mixture, converter, eval_split=split, sequence_length=lengths,
                         seed=int(config.seed),

@@ -86,6 +86,50 @@ def test_seqio_job_equals_evaluate_synthetic(run, tmp_path):
   assert json.loads((out / 'results.json').read_text())['per_group'] == ref['per_group']
 
 
+@pytest.mark.parametrize('marks', ['xy', 'none'])
+def test_seqio_job_scores_a_query_read_in_the_decoder_as_evaluate_does(run, tmp_path, marks):
+  import jax
+  import numpy as np
+  from hyperflax import data
+  from hyperflax.training.step import make_score_step
+  options = {**run['config'].eval.options.to_dict(), 'query_in_decoder': True,
+             'query_marks': marks}
+  ref, got = _both(run, tmp_path, also_generate=False, options=options)
+  assert got['summary'] == ref, json.dumps([ref, got['summary']], indent=1)[:3000]
+  # Row for row, SeqIO's score is the one of hyperflax's own batches, whose weights leave
+  # out the query the decoder reads (scoring it too would shift every score).
+  config, exp = run['config'], run['exp']
+  task = data.get_eval_tasks(config.eval.name, config.eval.split, seed=config.seed,
+                             lengths=tuple(config.eval.get('lengths') or config.data.get('lengths') or ()) or None,
+                             num_shots=config.data.num_shots,
+                             mode=exp.data_mode, vocab_path=config.data.get('vocab_path') or None,
+                             **options)[0]
+  score = jax.jit(make_score_step(exp))
+  want = []
+  for batch in task.batches(8, scoring=True):
+    s = np.asarray(score(run['trainable'], run['frozen'], batch))
+    w = np.asarray(batch['target_weights'])
+    assert (w.sum(1)[~batch['is_padding']] < (np.asarray(batch['targets']) > 0).sum(1)[
+        ~batch['is_padding']]).all()  # the read query is in the targets, unweighted
+    want += [float(x) for x, pad in zip(s, batch['is_padding']) if not pad]
+  from hyperflax.tasks import SUITES
+  name, = [n for n, (unit, _) in SUITES[config.eval.name].tasks.items() if unit.name == task.name]
+  rows = [json.loads(line) for line in
+          (tmp_path / 'seqio' / f'{name}-000002.jsonl').read_text().splitlines()]
+  assert len(rows) == len(want)
+  np.testing.assert_allclose([r['score'] for r in rows], want, rtol=1e-5, atol=1e-4)
+  assert not [n for n in got['metrics'] if not n.endswith('_score_eval')]  # scoring only
+
+
+def test_query_in_decoder_refuses_generation_in_one_line(run):
+  from hyperflax import seqio_eval
+  config = run['config'].copy_and_resolve_references()
+  config.eval.options.query_in_decoder = True
+  config.eval.also_generate = True
+  with pytest.raises(ValueError, match='rank classification only'):
+    seqio_eval.register_for_run(config, run['exp'].data_mode)
+
+
 @pytest.mark.slow  # ~80 CPU-s more: 20 more collections' worth of SeqIO Tasks
 @needs_shared
 def test_seqio_job_equals_evaluate_sni_and_metaicl(run, tmp_path):

@@ -31,7 +31,7 @@ these Tasks with a trained workdir. The trainer does not import this package:
 from hyperflax.tasks.eval_tasks import (EVAL_COLLECTIONS, SUITES, EvalSuite, Unit,
                                         register_default_eval_tasks,
                                         register_eval_tasks)
-from hyperflax.tasks.feature_converter import HyperEncDecFeatureConverter
+from hyperflax.tasks.feature_converter import EncDecFeatureConverter, HyperEncDecFeatureConverter
 from hyperflax.tasks.registrations import MIXTURE, register_all
 from hyperflax.tasks.vocabulary import HyperflaxVocabulary
 
@@ -39,6 +39,6 @@ TASK_NAMES = tuple(register_all())
 EVAL_TASK_NAMES = tuple(register_default_eval_tasks())
 
 __all__ = ['EVAL_COLLECTIONS', 'EVAL_TASK_NAMES', 'EvalSuite',
-           'HyperEncDecFeatureConverter', 'HyperflaxVocabulary', 'MIXTURE',
+           'EncDecFeatureConverter', 'HyperEncDecFeatureConverter', 'HyperflaxVocabulary', 'MIXTURE',
            'SUITES', 'TASK_NAMES', 'Unit', 'register_all',
            'register_default_eval_tasks', 'register_eval_tasks']

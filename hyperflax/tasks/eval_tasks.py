@@ -170,9 +170,6 @@ def _rows(loader: _Loader, unit: Unit, scoring: bool, hyper: bool):
   `append_eos_after_trim` puts it back after the same trimming)."""
   task = loader.task(unit)
   conv = task.converter
-  if conv.query_in_decoder:  # SeqIO targets carry no read mask, generation no forced prefix
-    raise ValueError(f'{unit.name}: the SeqIO tasks do not support query_in_decoder; '
-                     'evaluate such a model with hyperflax.evaluate')
   for ep in task.episodes():
     query = ep.query
     row = {'inputs': list(conv.encoder_ids(ep)[0][:-1]),
@@ -189,11 +186,15 @@ def _rows(loader: _Loader, unit: Unit, scoring: bool, hyper: bool):
              'targets_pretokenized': query.target, 'option_index': -1}
       continue
     for j, option in enumerate(query.options):
-      yield {**row, 'targets': conv.target_ids(ep, option)[:-1],
-             'targets_pretokenized': option, 'option_index': j}
+      # With query_in_decoder the target starts with the query, read but not scored.
+      target, read = conv.target_and_read(ep, option)
+      extra = {'targets_read': read} if conv.query_in_decoder else {}
+      yield {**row, 'targets': target[:-1], 'targets_pretokenized': option,
+             'option_index': j, **extra}
 
 
-def _source(loader: _Loader, unit: Unit, scoring: bool, hyper: bool, splits):
+def _source(loader: _Loader, unit: Unit, scoring: bool, hyper: bool, splits,
+            in_decoder: bool = False):
   ids = tf.TensorSpec([None], tf.int32)
   text, integer = tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)
   signature = {'inputs': ids, 'targets': ids, 'inputs_pretokenized': text,
@@ -204,6 +205,8 @@ def _source(loader: _Loader, unit: Unit, scoring: bool, hyper: bool, splits):
                'majority': tf.TensorSpec([], tf.float64)}
   if hyper:
     signature['hyper_inputs'] = ids
+  if in_decoder:
+    signature['targets_read'] = integer
 
   def dataset_fn(split, shuffle_files, seed=None):
     del split, shuffle_files, seed  # one fixed, ordered set per unit
@@ -267,6 +270,13 @@ def register_eval_tasks(collection: str, *, seed: int = 0, lengths=None,
   units = []
   for split in _SPLITS[spec.options]:
     units += _enumerate(collection, split, {**kwargs, 'options': options})
+  # A query read in the decoder is scored as a target prefix; greedy decoding would have to
+  # start from it, which neither these Tasks nor `hyperflax.evaluate` build.
+  in_decoder = bool(options.get('query_in_decoder'))
+  if in_decoder and (also_generate or any(u.on_generations or not u.has_options
+                                          for u in units)):
+    raise ValueError(f'{collection}: query_in_decoder supports rank classification only: set '
+                     'eval.also_generate=False and evaluate tasks with options')
   vocab = HyperflaxVocabulary(_tokenizer(collection, data_dir, vocab_path))
   features = {k: seqio.Feature(vocab, add_eos=True, dtype=tf.int32)
               for k in (('hyper_inputs',) if mode == 'hyper' else ()) + ('inputs', 'targets')}
@@ -277,7 +287,7 @@ def register_eval_tasks(collection: str, *, seed: int = 0, lengths=None,
   members, groups = [], {}
   for unit in units:
     splits = _SPLITS[spec.options][unit.split]
-    kinds = (True, False) if unit.has_options else (False,)
+    kinds = (True,) if in_decoder else (True, False) if unit.has_options else (False,)
     for scoring in kinds:
       name = seqio_name(unit, scoring)
       if name in suite.tasks:
@@ -299,7 +309,7 @@ def register_eval_tasks(collection: str, *, seed: int = 0, lengths=None,
         post = task_metrics.generation_postprocessor
       seqio.TaskRegistry.remove(name)
       seqio.TaskRegistry.add(
-          name, source=_source(loader, unit, scoring, mode == 'hyper', splits),
+          name, source=_source(loader, unit, scoring, mode == 'hyper', splits, in_decoder),
           output_features=features,
           preprocessors=[seqio.preprocessors.append_eos_after_trim],
           postprocess_fn=post, metric_fns=fns)

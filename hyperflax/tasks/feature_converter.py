@@ -1,4 +1,4 @@
-"""SeqIO feature converter for hypermodel + encoder-decoder batches."""
+"""SeqIO feature converters: the query read in the decoder, and the hypermodel input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,26 @@ import tensorflow as tf
 _Spec = seqio.FeatureConverter.FeatureSpec
 
 
-class HyperEncDecFeatureConverter(seqio.EncDecFeatureConverter):
+class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
+  """seqio's EncDecFeatureConverter, plus the query read in the decoder.
+
+  A Task of a model trained with `query_in_decoder` gives each example the
+  task feature `targets_read`: how many leading `targets` tokens (the query)
+  the decoder reads but is not scored on. Their `decoder_loss_weights` become
+  0, as `hyperflax.data.converters.teacher_forcing` weights them; examples
+  without the feature convert as in seqio.
+  """
+
+  def _convert_example(self, features):
+    out = dict(super()._convert_example(features))
+    if 'targets_read' in features:
+      weights = out['decoder_loss_weights']
+      scored = tf.range(tf.shape(weights)[0]) >= tf.cast(features['targets_read'], tf.int32)
+      out['decoder_loss_weights'] = weights * tf.cast(scored, weights.dtype)
+    return out
+
+
+class HyperEncDecFeatureConverter(EncDecFeatureConverter):
   """EncDecFeatureConverter plus the hypermodel input.
 
   Task features `hyper_inputs`, `inputs`, `targets` become model features
