@@ -4,6 +4,9 @@ r"""The curriculum with which the synthetic suite's binding appears at the demo'
   # HART's generation orders (HART Table 7) need >= 3 layers; 3 hypermodel seeds on one chain:
   python bench/curriculum.py --workdir=runs/deep --layers=3 --recall_steps=1000,500 \
       --hypermodels=hart,hart_top_down,hart_random_order --hypermodel_seeds=1,2
+  # HyperT5-Prefix where it binds: learning rate 3e-4, 2,000 steps
+  python bench/curriculum.py --workdir=runs/curriculum --hypermodels=prefix \
+      --hypermodel_lr=3e-4 --hypermodel_steps=2000
 
 Each stage is a `bench/learning_curves.py` run (its own `curve.json`), initialised from the
 previous stage's downstream; all use the `words_compact` vocabulary, the demo's T5 (2+2 layers,
@@ -47,14 +50,17 @@ stages = curriculum.stages  # the tests and callers of this script use it by thi
 
 def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_families',
                                                                    'heldout_tasks'),
-        max_recall_steps: int = 3000, layers: int = 0, hypermodel_seeds=()) -> dict:
+        max_recall_steps: int = 3000, layers: int = 0, hypermodel_seeds=(),
+        hypermodel_lr: float | None = None) -> dict:
   """Runs the stages in order. A recall stage not yet bound (`curriculum.bound`: the
   plateau is ~1.1 nats per answer) goes on 250 steps at a time, up to `max_recall_steps`,
   since when the transition comes varies with the initialisation.
 
   `layers`: encoder and decoder layers of every stage's T5 (0: the demo's 2); HART's random
   generation order needs at least 3. `hypermodel_seeds`: further seeds of each hypermodel on
-  the same frozen few-shot T5, in `<hypermodel>_s<seed>` (the chain is trained once)."""
+  the same frozen few-shot T5, in `<hypermodel>_s<seed>` (the chain is trained once).
+  `hypermodel_lr`: the hypermodels' learning rate (None: the stages' 1e-3; HyperT5-Prefix
+  binds at 3e-4 and 2,000 steps, not at 1e-3: bench/RESULTS.md, "Session 10")."""
   summary = {'seed': seed, 'steps': steps, 'layers': layers or lc.demo.DEMO_T5['num_layers'], 'stages': {}}
   deep = {'model.overrides.num_layers': layers,
           'model.overrides.num_decoder_layers': layers} if layers else {}
@@ -66,6 +72,8 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
                for s in dict.fromkeys(hypermodel_seeds) if s != seed]
   for name, model, n, overrides, after, seed_ in plan:
     overrides = {**overrides, **deep}
+    if model in hypermodels and hypermodel_lr is not None:
+      overrides['optim.learning_rate'] = hypermodel_lr
     downstream = os.path.join(workdir, after, 'downstream') if after else ''
     rows = lc.run_curve(workdir, model, [n], seed_, overrides, downstream, name, splits)
     last = next(r for r in rows if r['step'] == n)
@@ -105,8 +113,12 @@ def main(argv=None) -> None:
                   help="encoder and decoder layers of the T5 (0: the demo's 2)")
   ap.add_argument('--hypermodel_seeds', default='',
                   help='comma-separated further seeds of each hypermodel on the same chain')
+  ap.add_argument('--hypermodel_lr', type=float, default=None,
+                  help="the hypermodels' learning rate (default: the stages' 1e-3)")
   a = ap.parse_args(argv)
   logging.getLogger().setLevel(logging.WARNING)
+  if a.hypermodel_lr is not None and not a.hypermodel_lr > 0:
+    ap.error(f'--hypermodel_lr={a.hypermodel_lr}: expected a positive learning rate')
   if a.layers < 0:
     ap.error(f'--layers={a.layers}: expected >= 1 (or 0 for the demo\'s)')
   adj, sep = (int(x) for x in a.recall_steps.split(','))
@@ -118,7 +130,8 @@ def main(argv=None) -> None:
                                  'fewshot': a.fewshot_steps, 'hypermodel': a.hypermodel_steps,
                                  't5_mtf': a.t5_mtf_steps},
       max_recall_steps=a.max_recall_steps, layers=a.layers,
-      hypermodel_seeds=[int(x) for x in a.hypermodel_seeds.split(',') if x])
+      hypermodel_seeds=[int(x) for x in a.hypermodel_seeds.split(',') if x],
+      hypermodel_lr=a.hypermodel_lr)
 
 
 if __name__ == '__main__':

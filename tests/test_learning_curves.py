@@ -131,6 +131,25 @@ def test_curriculum_layers_and_hypermodel_seeds_reach_every_stage(tmp_path, monk
   assert summary['layers'] == 3 and list(summary['stages']) == names
 
 
+def test_curriculum_hypermodel_lr_reaches_the_hypermodels_only(tmp_path, monkeypatch):
+  import curriculum
+  rates = {}
+
+  def fake_run_curve(workdir, model, points, seed, overrides, downstream, name, splits):
+    rates[name] = lc.config_for(model, points[-1], seed, overrides, downstream or '').optim.learning_rate
+    split = {'accuracy': 50.0, 'chance': 38.9, 'per_group': {}}
+    return [{'step': points[-1], 'loss': 0.1, **{s: split for s in splits}}]
+
+  monkeypatch.setattr(lc, 'run_curve', fake_run_curve)
+  steps = dict.fromkeys(('recall_adjacent', 'recall_separated', 'fewshot', 'hypermodel',
+                         't5_mtf'), 3)
+  curriculum.run(str(tmp_path), 0, ['prefix', 'lora'], steps, hypermodel_lr=3e-4)
+  assert rates == {'recall_adjacent': 1e-3, 'recall_separated': 1e-3, 'fewshot': 1e-3,
+                   'prefix': 3e-4, 'lora': 3e-4, 't5_mtf': 1e-3}
+  with pytest.raises(SystemExit):
+    curriculum.main(['--hypermodel_lr=0'])
+
+
 def test_a_run_resumes_only_with_its_own_settings(tmp_path, monkeypatch):
   """Resuming a curve with another seed or overrides (e.g. another --layers) would mix two
   runs in one directory: refused in one line before anything trains."""
