@@ -30,6 +30,8 @@ import numpy as np  # noqa: E402
 
 from hyperflax import data  # noqa: E402
 from hyperflax.data.vocab import EOS_ID  # noqa: E402
+from hyperflax.pretrained import load_pretrained  # noqa: E402
+from hyperflax.serving import teacher_forced_logits  # noqa: E402
 
 
 def recall_batch(stated_in: str, pairs: int, rows: int, seed: int = 11) -> dict:
@@ -44,7 +46,6 @@ def recall_batch(stated_in: str, pairs: int, rows: int, seed: int = 11) -> dict:
 
 def accuracy(model, params, batch: dict) -> float:
   """% of scored answers (not `</s>`) whose argmax is the target."""
-  from hyperflax.serving import teacher_forced_logits
   logits = teacher_forced_logits(model.config, params, jnp.asarray(batch['encoder_inputs']),
                                  jnp.asarray(batch['decoder_inputs']))
   targets = batch['targets']
@@ -53,30 +54,34 @@ def accuracy(model, params, batch: dict) -> float:
 
 
 def measure(model_dir: str, pairs: int = 4, rows: int = 256) -> dict:
-  from hyperflax.pretrained import load_pretrained
+  """Accuracy (%) of one T5 directory with the pairs in its encoder and in its decoder."""
   model, params = load_pretrained(model_dir, dropout_rate=0.0, dtype='float32')
+  batches = {where: recall_batch(where, pairs, rows) for where in ('encoder', 'decoder')}
+  scored = {where: b['targets'][b['target_weights'] > 0] for where, b in batches.items()}
+  if not np.array_equal(scored['encoder'], scored['decoder']):  # the same lookups, moved pairs
+    raise AssertionError('recall rows differ between the placements')
   out = {'model': model_dir, 'pairs': pairs, 'rows': rows, 'row_values_chance': 100 / pairs}
-  for where in ('encoder', 'decoder'):
-    out[f'pairs_in_{where}'] = accuracy(model, params, recall_batch(where, pairs, rows))
+  for where, batch in batches.items():
+    out[f'pairs_in_{where}'] = accuracy(model, params, batch)
   return out
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('models', nargs='+', help='downstream T5 directories (transformers format)')
-  p.add_argument('--pairs', type=int, default=4)
-  p.add_argument('--rows', type=int, default=256)
-  p.add_argument('--out', default='', help='also write the rows as JSON here')
-  a = p.parse_args(argv)
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('models', nargs='+', help='downstream T5 directories (transformers format)')
+  parser.add_argument('--pairs', type=int, default=4)
+  parser.add_argument('--rows', type=int, default=256)
+  parser.add_argument('--out', default='', help='also write the rows as JSON here')
+  args = parser.parse_args(argv)
   results = []
-  for m in a.models:
-    r = measure(m, a.pairs, a.rows)
-    results.append(r)
-    print(f'{m}: pairs in the encoder {r["pairs_in_encoder"]:.1f} %, in the decoder '
-          f'{r["pairs_in_decoder"]:.1f} % (1 / pairs = {r["row_values_chance"]:.1f} %)',
+  for model_dir in args.models:
+    row = measure(model_dir, args.pairs, args.rows)
+    results.append(row)
+    print(f'{model_dir}: pairs in the encoder {row["pairs_in_encoder"]:.1f} %, in the decoder '
+          f'{row["pairs_in_decoder"]:.1f} % (1 / pairs = {row["row_values_chance"]:.1f} %)',
           flush=True)
-  if a.out:
-    Path(a.out).write_text(json.dumps(results, indent=1))
+  if args.out:
+    Path(args.out).write_text(json.dumps(results, indent=1))
   return 0
 
 

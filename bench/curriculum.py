@@ -5,7 +5,7 @@ r"""The curriculum with which the synthetic suite's binding appears at the demo'
   python bench/curriculum.py --workdir=runs/deep --layers=3 --recall_steps=1000,500 \
       --hypermodels=hart,hart_top_down,hart_random_order --hypermodel_seeds=1,2
   # HyperT5-Prefix where it binds: learning rate 3e-4, 2,000 steps
-  python bench/curriculum.py --workdir=runs/curriculum --hypermodels=prefix \
+  python bench/curriculum.py --workdir=runs/curriculum --hypermodels=prefix,lora \
       --hypermodel_lr=3e-4 --hypermodel_steps=2000
 
 Each stage is a `bench/learning_curves.py` run (its own `curve.json`), initialised from the
@@ -60,20 +60,23 @@ def run(workdir: str, seed: int, hypermodels, steps: dict, splits=('heldout_fami
   generation order needs at least 3. `hypermodel_seeds`: further seeds of each hypermodel on
   the same frozen few-shot T5, in `<hypermodel>_s<seed>` (the chain is trained once).
   `hypermodel_lr`: the hypermodels' learning rate (None: the stages' 1e-3; HyperT5-Prefix
-  binds at 3e-4 and 2,000 steps, not at 1e-3: bench/RESULTS.md, "Session 10")."""
-  summary = {'seed': seed, 'steps': steps, 'layers': layers or lc.demo.DEMO_T5['num_layers'], 'stages': {}}
+  binds at 3e-4 and 2,000 steps, not at 1e-3: bench/RESULTS.md, "Session 10"), in stages
+  named `<hypermodel>_lr<rate>`, so that one chain serves several rates."""
+  summary = {'seed': seed, 'steps': steps, 'layers': layers or lc.demo.DEMO_T5['num_layers'],
+             'hypermodel_lr': hypermodel_lr, 'stages': {}}
+  rate = {'optim.learning_rate': hypermodel_lr} if hypermodel_lr is not None else {}
   deep = {'model.overrides.num_layers': layers,
           'model.overrides.num_decoder_layers': layers} if layers else {}
   plan = []
   for name, model, n, overrides, after in stages(steps, hypermodels):
+    if model in hypermodels and rate:
+      name, overrides = f'{name}_lr{hypermodel_lr:g}', {**overrides, **rate}
     plan.append((name, model, n, overrides, after, seed))
     if model in hypermodels:
       plan += [(f'{name}_s{s}', model, n, overrides, after, s)
                for s in dict.fromkeys(hypermodel_seeds) if s != seed]
   for name, model, n, overrides, after, seed_ in plan:
     overrides = {**overrides, **deep}
-    if model in hypermodels and hypermodel_lr is not None:
-      overrides['optim.learning_rate'] = hypermodel_lr
     downstream = os.path.join(workdir, after, 'downstream') if after else ''
     rows = lc.run_curve(workdir, model, [n], seed_, overrides, downstream, name, splits)
     last = next(r for r in rows if r['step'] == n)

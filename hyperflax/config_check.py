@@ -115,6 +115,10 @@ def _problems(config: ml_collections.ConfigDict) -> list[str]:
     out.append('config.data.options.query_in_decoder and config.eval.options.query_in_decoder '
                f'differ ({formats["data.options"]} / {formats["eval.options"]}): training '
                'and evaluation must use the same format')
+  if get('eval.name') and formats['eval.options'] and get('eval.also_generate'):
+    out.append('config.eval.also_generate=True with config.eval.options.query_in_decoder: '
+               'greedy decoding would start without the query; a query read in the decoder '
+               'is scored by rank classification only')
   from hyperflax.data.converters import QUERY_MARKS
   marks = {k: dict(get(k) or {}).get('query_marks', 'xy') for k in formats}
   for k, v in marks.items():

@@ -65,6 +65,9 @@ def test_query_format_must_match_between_training_and_evaluation():
   with pytest.raises(config_check.ConfigError, match='query_in_decoder differ'):
     config_check.validate(cfg)
   cfg.eval.options = {'query_in_decoder': True}
+  with pytest.raises(config_check.ConfigError, match='also_generate=True with'):
+    config_check.validate(cfg)  # the stage's default generates too
+  cfg.eval.also_generate = False
   config_check.validate(cfg)
   cfg.eval.name = ''  # no evaluation: nothing to match
   cfg.eval.options = {}

@@ -134,3 +134,34 @@ def test_p3_tfrecord_layout(tmp_path):
     w.write(tf.train.Example().SerializeToString())
   with pytest.raises(ValueError, match=r"record 0: missing feature 'inputs_pretokenized'"):
     sources_p3.t0_train_tasks(tmp_path / 'bad', tokenizer=None)
+
+
+def test_read_query_is_left_out_of_the_loss_weights():
+  """`targets_read` ids at the start of `targets` (a query the decoder reads) get weight 0;
+  without the feature the converter is seqio's; packing, which would drop it, is refused."""
+  seqio = pytest.importorskip('seqio')
+  tf = pytest.importorskip('tensorflow')
+  from hyperflax.tasks.feature_converter import EncDecFeatureConverter
+  targets = [[5, 6, 7, 1], [5, 9, 1], [8, 1]]
+  lengths = {'inputs': 3, 'targets': 6}
+
+  def convert(read, pack=False):
+    features = {'inputs': tf.ragged.constant([[4, 1]] * 3).to_tensor(),
+                'targets': tf.ragged.constant(targets).to_tensor()}
+    if read is not None:
+      features['targets_read'] = tf.constant(read, tf.int32)
+    # Each row padded to its own length, as a SeqIO Task's examples are.
+    ds = tf.data.Dataset.from_tensor_slices(features).map(
+        lambda ex: {**ex, 'targets': tf.boolean_mask(ex['targets'], ex['targets'] > 0)})
+    conv = EncDecFeatureConverter(pack=pack)
+    return [ex['decoder_loss_weights'].tolist() for ex in conv(ds, lengths).as_numpy_iterator()]
+
+  assert convert(None) == [[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]]
+  assert convert([2, 0, 9]) == [[0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0]]
+  plain = seqio.EncDecFeatureConverter(pack=False)
+  ds = tf.data.Dataset.from_tensor_slices({'inputs': [[4, 1]], 'targets': [[5, 6, 1]]})
+  want = next(plain(ds, lengths).as_numpy_iterator())
+  got = next(EncDecFeatureConverter(pack=False)(ds, lengths).as_numpy_iterator())
+  assert {k: v.tolist() for k, v in got.items()} == {k: v.tolist() for k, v in want.items()}
+  with pytest.raises(ValueError, match='targets_read .* cannot be packed; use pack=False'):
+    convert([1, 1, 1], pack=True)

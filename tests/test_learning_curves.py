@@ -44,8 +44,11 @@ def test_plot_writes_png_and_json_with_losses(tmp_path):
 def test_query_in_decoder_must_be_the_training_and_the_scoring_format():
   with pytest.raises(ValueError, match='query_in_decoder .*differ'):
     lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True}})
-  cfg = lc.config_for('fewshot', 10, 0, {'data.options': {'query_in_decoder': True},
-                                         'eval.options': {'query_in_decoder': True}})
+  both = {'data.options': {'query_in_decoder': True}, 'eval.options': {'query_in_decoder': True}}
+  # Greedy decoding would start without the query: such a run is scored by rank only.
+  with pytest.raises(ValueError, match=r'^[^\n]*also_generate=True with [^\n]*query_in_decoder'):
+    lc.config_for('fewshot', 10, 0, {**both, 'eval.also_generate': True})
+  cfg = lc.config_for('fewshot', 10, 0, {**both, 'eval.also_generate': False})
   assert cfg.data.options['query_in_decoder'] and cfg.eval.options['query_in_decoder']
 
 
@@ -136,16 +139,21 @@ def test_curriculum_hypermodel_lr_reaches_the_hypermodels_only(tmp_path, monkeyp
   rates = {}
 
   def fake_run_curve(workdir, model, points, seed, overrides, downstream, name, splits):
-    rates[name] = lc.config_for(model, points[-1], seed, overrides, downstream or '').optim.learning_rate
+    cfg = lc.config_for(model, points[-1], seed, overrides, downstream or '')
+    rates[name] = cfg.optim.learning_rate
     split = {'accuracy': 50.0, 'chance': 38.9, 'per_group': {}}
     return [{'step': points[-1], 'loss': 0.1, **{s: split for s in splits}}]
 
   monkeypatch.setattr(lc, 'run_curve', fake_run_curve)
   steps = dict.fromkeys(('recall_adjacent', 'recall_separated', 'fewshot', 'hypermodel',
                          't5_mtf'), 3)
-  curriculum.run(str(tmp_path), 0, ['prefix', 'lora'], steps, hypermodel_lr=3e-4)
+  summary = curriculum.run(str(tmp_path), 0, ['prefix', 'lora'], steps, hypermodel_lr=3e-4,
+                           hypermodel_seeds=[1])
+  # Named for their rate: a chain trained at the default rate is reused, not refused.
   assert rates == {'recall_adjacent': 1e-3, 'recall_separated': 1e-3, 'fewshot': 1e-3,
-                   'prefix': 3e-4, 'lora': 3e-4, 't5_mtf': 1e-3}
+                   'prefix_lr0.0003': 3e-4, 'prefix_lr0.0003_s1': 3e-4,
+                   'lora_lr0.0003': 3e-4, 'lora_lr0.0003_s1': 3e-4, 't5_mtf': 1e-3}
+  assert summary['hypermodel_lr'] == 3e-4
   with pytest.raises(SystemExit):
     curriculum.main(['--hypermodel_lr=0'])
 

@@ -83,7 +83,8 @@ def test_hyper_mode_gives_the_pairs_to_the_hypermodel_and_nothing_else_to_the_t5
 
 
 def test_hyper_mode_refuses_pairs_that_overflow_the_hypermodel_input():
-  with pytest.raises(ValueError, match='hypermodel and .* decoder ids'):
+  with pytest.raises(ValueError,
+                     match='needs up to 16 hypermodel and 9 decoder ids .*give 12 and 56'):
     data.get_dataset('synthetic_recall', 'train', batch_size=2, mode='hyper',
                      lengths=(12, 4, 56), vocab_path='words', query_in_decoder=True,
                      pairs=5, queries=2)

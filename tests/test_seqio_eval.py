@@ -99,8 +99,9 @@ def test_seqio_job_scores_a_query_read_in_the_decoder_as_evaluate_does(run, tmp_
   # Row for row, SeqIO's score is the one of hyperflax's own batches, whose weights leave
   # out the query the decoder reads (scoring it too would shift every score).
   config, exp = run['config'], run['exp']
+  lengths = tuple(config.eval.get('lengths') or config.data.get('lengths') or ()) or None
   task = data.get_eval_tasks(config.eval.name, config.eval.split, seed=config.seed,
-                             lengths=tuple(config.eval.get('lengths') or config.data.get('lengths') or ()) or None,
+                             lengths=lengths,
                              num_shots=config.data.num_shots,
                              mode=exp.data_mode, vocab_path=config.data.get('vocab_path') or None,
                              **options)[0]
@@ -126,8 +127,9 @@ def test_query_in_decoder_refuses_generation_in_one_line(run):
   config = run['config'].copy_and_resolve_references()
   config.eval.options.query_in_decoder = True
   config.eval.also_generate = True
-  with pytest.raises(ValueError, match='rank classification only'):
+  with pytest.raises(ValueError, match='rank classification only: set eval.also_generate') as e:
     seqio_eval.register_for_run(config, run['exp'].data_mode)
+  assert '\n' not in str(e.value)
 
 
 @pytest.mark.slow  # ~80 CPU-s more: 20 more collections' worth of SeqIO Tasks

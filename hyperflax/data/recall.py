@@ -9,7 +9,9 @@ decoder, in the suite's `query_in_decoder` format:
 
 Keys are the suite's training keys (`synthetic.TRAIN_KEYS`: animals and pseudo-words, never a
 held-out family's), values its first `num_labels` output words, and every row is a fresh random
-map, so nothing but the row answers a query. At the demo's size T5 learns this in about a
+map, so nothing but the row answers a query. `RecallStream`'s mode 'hyper' and `stated_in`
+move the pairs to the hypermodel or to the decoder (issue 13's binding experiments). At the
+demo's size T5 learns this in about a
 thousand steps when each key is next to its value, but not from scratch when one token (the
 suite's `<y>`) separates them; a model that has bound adjacent pairs binds separated ones within
 a few hundred steps (bench/RESULTS.md, issue 13). So `synthetic_recall` is a curriculum stage
@@ -35,9 +37,10 @@ class RecallStream:
   """Infinite recall batches; batch n is a pure function of (seed, n).
 
   Mode 'concat' states the pairs in the T5's encoder (a curriculum stage for the T5). Mode
-  'hyper' gives them to the hypermodel instead and the downstream encoder only `</s>`, so the
-  generated parameters alone must carry every key's value: the recall analogue of the papers'
-  hyperpretraining, for HyperT5-Prefix and -LoRA.
+  'hyper' gives them to the hypermodel instead and the downstream encoder only `</s>` (the
+  suite's hyper rows give it `query </s>`; a recall row has several queries, all in the
+  decoder), so the generated parameters alone must carry every key's value: the recall
+  analogue of the papers' hyperpretraining, for HyperT5-Prefix and -LoRA.
 
   `stated_in='decoder'` (mode 'concat') states the pairs in the decoder instead, unscored and in
   the lookups' format, before the lookups (`k1 v1 k2 v2 q1 a1 ...`), with only `</s>` in the
@@ -75,11 +78,11 @@ class RecallStream:
     dec = (queries + pairs * (stated_in != 'encoder')) * (
         len(lookup_head((), query_marks)) + k + v) + 1
     room = lengths.hyper if mode == 'hyper' else lengths.concat
+    where = 'hypermodel' if mode == 'hyper' else 'encoder'
     if enc > room or dec > lengths.decoder:
       raise ValueError(
-          f'synthetic_recall: a row needs up to {enc} {"hypermodel" if mode == "hyper" else "encoder"}'
-          f' and {dec} decoder ids '
-          f'(pairs={pairs}, queries={queries}); data.lengths give {lengths.concat} and '
+          f'synthetic_recall: a row needs up to {enc} {where} and {dec} decoder ids '
+          f'(pairs={pairs}, queries={queries}); data.lengths give {room} and '
           f'{lengths.decoder}: raise data.lengths or lower the options')
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -100,8 +103,8 @@ class RecallStream:
         head = lookup_head(self._keys[keys[j]], self._marks)
         tgt += head + self._values[vals[j]]
         read += [1] * len(head) + [0] * len(self._values[vals[j]])
-      enc_rows.append(pad_to(enc + [EOS_ID], self.lengths.hyper if self.mode == 'hyper'
-                             else self.lengths.concat))
+      room = self.lengths.hyper if self.mode == 'hyper' else self.lengths.concat
+      enc_rows.append(pad_to(enc + [EOS_ID], room))
       tgt_rows.append(pad_to(tgt + [EOS_ID], self.lengths.decoder))
       read_rows.append(pad_to(read, self.lengths.decoder))
     targets = np.asarray(self._to_model(np.asarray(tgt_rows, np.int32)), np.int32)

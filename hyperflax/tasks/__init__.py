@@ -39,6 +39,7 @@ TASK_NAMES = tuple(register_all())
 EVAL_TASK_NAMES = tuple(register_default_eval_tasks())
 
 __all__ = ['EVAL_COLLECTIONS', 'EVAL_TASK_NAMES', 'EvalSuite',
-           'EncDecFeatureConverter', 'HyperEncDecFeatureConverter', 'HyperflaxVocabulary', 'MIXTURE',
+           'EncDecFeatureConverter', 'HyperEncDecFeatureConverter', 'HyperflaxVocabulary',
+           'MIXTURE',
            'SUITES', 'TASK_NAMES', 'Unit', 'register_all',
            'register_default_eval_tasks', 'register_eval_tasks']

@@ -30,7 +30,10 @@ mode 'hyper' only), `inputs` (the query; in mode 'concat' the demonstrations
 followed by the query), `targets` (gold output, or the scored option), plus
 `inputs_pretokenized`, `targets_pretokenized`, `answer`, `references`,
 `example_index`, `option_index`, `label`, `num_options`, `majority` (the query's
-credit for the demonstrations' most frequent option) for the metrics.
+credit for the demonstrations' most frequent option) for the metrics; for a run
+trained with `query_in_decoder`, `targets` start with the query and
+`targets_read` counts its ids (read, not scored: `EncDecFeatureConverter`), and
+only the scoring Tasks exist (generation would need a forced decoder prefix).
 Demonstration dropping depends on the lengths, the K and the seed given at
 registration, so an eval job registers the Tasks with its run's settings
 (`hyperflax.seqio_eval` does); `import hyperflax.tasks` registers defaults.
@@ -256,7 +259,8 @@ def register_eval_tasks(collection: str, *, seed: int = 0, lengths=None,
   The arguments are those of `hyperflax.data.get_eval_tasks` (the same
   data, demonstrations and truncation); `also_generate` adds the generation
   Tasks of units with options to the Mixtures. Previous registrations of
-  the collection are removed first.
+  the collection are removed first. With option `query_in_decoder` (the
+  synthetic suite's), `also_generate` is refused in one line.
 
   Returns:
     The `EvalSuite` (also kept in `SUITES[collection]`).
@@ -273,10 +277,10 @@ def register_eval_tasks(collection: str, *, seed: int = 0, lengths=None,
   # A query read in the decoder is scored as a target prefix; greedy decoding would have to
   # start from it, which neither these Tasks nor `hyperflax.evaluate` build.
   in_decoder = bool(options.get('query_in_decoder'))
-  if in_decoder and (also_generate or any(u.on_generations or not u.has_options
-                                          for u in units)):
+  if in_decoder and also_generate:
     raise ValueError(f'{collection}: query_in_decoder supports rank classification only: set '
-                     'eval.also_generate=False and evaluate tasks with options')
+                     'eval.also_generate=False')
+
   vocab = HyperflaxVocabulary(_tokenizer(collection, data_dir, vocab_path))
   features = {k: seqio.Feature(vocab, add_eos=True, dtype=tf.int32)
               for k in (('hyper_inputs',) if mode == 'hyper' else ()) + ('inputs', 'targets')}

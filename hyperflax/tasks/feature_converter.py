@@ -15,8 +15,15 @@ class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
   task feature `targets_read`: how many leading `targets` tokens (the query)
   the decoder reads but is not scored on. Their `decoder_loss_weights` become
   0, as `hyperflax.data.converters.teacher_forcing` weights them; examples
-  without the feature convert as in seqio.
+  without the feature convert as in seqio. Packing would drop the feature
+  (seqio packs only the features it has lengths for), so it is refused.
   """
+
+  def _convert_features(self, ds, task_feature_lengths):
+    if self.pack and 'targets_read' in ds.element_spec:
+      raise ValueError('EncDecFeatureConverter: examples with targets_read (a query read in the '
+                       'decoder) cannot be packed; use pack=False')
+    return super()._convert_features(ds, task_feature_lengths)
 
   def _convert_example(self, features):
     out = dict(super()._convert_example(features))
