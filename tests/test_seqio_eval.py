@@ -90,7 +90,6 @@ def test_seqio_job_equals_evaluate_synthetic(run, tmp_path):
 def test_seqio_job_scores_a_query_read_in_the_decoder_as_evaluate_does(run, tmp_path, marks):
   import jax
   import numpy as np
-  from hyperflax import data
   from hyperflax.training.step import make_score_step
   options = {**run['config'].eval.options.to_dict(), 'query_in_decoder': True,
              'query_marks': marks}
@@ -98,13 +97,11 @@ def test_seqio_job_scores_a_query_read_in_the_decoder_as_evaluate_does(run, tmp_
   assert got['summary'] == ref, json.dumps([ref, got['summary']], indent=1)[:3000]
   # Row for row, SeqIO's score is the one of hyperflax's own batches, whose weights leave
   # out the query the decoder reads (scoring it too would shift every score).
-  config, exp = run['config'], run['exp']
-  lengths = tuple(config.eval.get('lengths') or config.data.get('lengths') or ()) or None
-  task = data.get_eval_tasks(config.eval.name, config.eval.split, seed=config.seed,
-                             lengths=lengths,
-                             num_shots=config.data.num_shots,
-                             mode=exp.data_mode, vocab_path=config.data.get('vocab_path') or None,
-                             **options)[0]
+  import ml_collections
+  from hyperflax import evaluate
+  config, exp = run['config'].copy_and_resolve_references(), run['exp']
+  config.eval.options = ml_collections.ConfigDict(options)
+  task = evaluate.eval_tasks(config, exp)[0]
   score = jax.jit(make_score_step(exp))
   want = []
   for batch in task.batches(8, scoring=True):

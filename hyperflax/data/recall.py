@@ -77,12 +77,13 @@ class RecallStream:
     enc = pairs * (1 + k + separated + v) + 1
     dec = (queries + pairs * (stated_in != 'encoder')) * (
         len(lookup_head((), query_marks)) + k + v) + 1
-    room = lengths.hyper if mode == 'hyper' else lengths.concat
+    # Where the pairs are stated: the hypermodel's input or the T5's (concatenated) encoder.
+    self._stated_len = lengths.hyper if mode == 'hyper' else lengths.concat
     where = 'hypermodel' if mode == 'hyper' else 'encoder'
-    if enc > room or dec > lengths.decoder:
+    if enc > self._stated_len or dec > lengths.decoder:
       raise ValueError(
           f'synthetic_recall: a row needs up to {enc} {where} and {dec} decoder ids '
-          f'(pairs={pairs}, queries={queries}); data.lengths give {room} and '
+          f'(pairs={pairs}, queries={queries}); data.lengths give {self._stated_len} and '
           f'{lengths.decoder}: raise data.lengths or lower the options')
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -103,8 +104,7 @@ class RecallStream:
         head = lookup_head(self._keys[keys[j]], self._marks)
         tgt += head + self._values[vals[j]]
         read += [1] * len(head) + [0] * len(self._values[vals[j]])
-      room = self.lengths.hyper if self.mode == 'hyper' else self.lengths.concat
-      enc_rows.append(pad_to(enc + [EOS_ID], room))
+      enc_rows.append(pad_to(enc + [EOS_ID], self._stated_len))
       tgt_rows.append(pad_to(tgt + [EOS_ID], self.lengths.decoder))
       read_rows.append(pad_to(read, self.lengths.decoder))
     targets = np.asarray(self._to_model(np.asarray(tgt_rows, np.int32)), np.int32)
