@@ -1,0 +1,99 @@
+"""Lets XLA:CPU reuse the memory of its per-call buffers (Linux, glibc malloc).
+
+XLA:CPU has no caching allocator: each call of a compiled step mallocs its
+temp buffers and frees them when it returns. glibc serves blocks above its
+mmap threshold (32 MiB at most, by default) with fresh `mmap`s, and so does
+any block over 64 MiB asked of a thread's own arena, which is where XLA's
+runtime threads allocate; `free` unmaps them and trims the heap top. So every
+step page-faults its whole working set in again: a T5 v1.1 small train step
+took 214k minor faults and 0.35 s of kernel time (`bench/RESULTS.md`,
+session 11).
+
+`keep_freed_memory()` keeps those pages between calls, as a caching
+allocator would:
+
+  M_ARENA_MAX 1          every thread allocates from the main heap, which
+                         grows past 64 MiB blocks;
+  M_MMAP_THRESHOLD 1 GiB blocks below it come from that heap;
+  M_TRIM_THRESHOLD 2 GiB freed heap up to this size is kept, not returned.
+
+The cost is that the process keeps its peak heap between steps. It applies
+only where it matters and is safe: a glibc Linux process whose JAX will run
+on the CPU (`JAX_PLATFORMS=cpu`, or no TPU/GPU plugin installed), before JAX
+has started a backend (threads take their arena when they first allocate).
+`HYPERFLAX_HOST_MALLOC=default` leaves malloc alone. Every entry point calls
+it through `cli.guard`; the test suite from `tests/conftest.py`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import platform
+import sys
+
+_log = logging.getLogger('hyperflax.host_memory')
+
+# mallopt(3) parameters (glibc malloc.h).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1))
+ENV = 'HYPERFLAX_HOST_MALLOC'
+_applied: bool | None = None
+
+
+def _jax_backend_started() -> bool:
+  jax = sys.modules.get('jax')
+  if jax is None:
+    return False
+  try:
+    from jax._src import xla_bridge  # private: the registry of started backends
+    return bool(xla_bridge._backends)  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    return True  # cannot tell: assume it is too late
+
+
+def _accelerator_plugin() -> str | None:
+  """The TPU/GPU runtime JAX would load, if any is installed."""
+  if importlib.util.find_spec('libtpu') is not None:
+    return 'libtpu'
+  plugins = [e.name for e in importlib.metadata.entry_points(group='jax_plugins')]
+  if importlib.util.find_spec('jax_plugins') is not None:
+    import pkgutil
+    import jax_plugins  # pylint: disable=import-outside-toplevel
+    plugins += [m.name for m in pkgutil.iter_modules(jax_plugins.__path__)]
+  return plugins[0] if plugins else None
+
+
+def why_not() -> str | None:
+  """Why `keep_freed_memory` would not apply in this process now; None when it would."""
+  if os.environ.get(ENV, '') == 'default':
+    return f'{ENV}=default'
+  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+    return 'not a glibc Linux process'
+  platforms = os.environ.get('JAX_PLATFORMS', '').strip().lower()
+  if platforms != 'cpu':
+    plugin = _accelerator_plugin()
+    if plugin is not None:
+      return f'JAX may run on an accelerator ({plugin} is installed; JAX_PLATFORMS={platforms!r})'
+  if _jax_backend_started():
+    return 'JAX has already started its backend'
+  return None
+
+
+def keep_freed_memory() -> bool:
+  """Applies the settings above once per process when `why_not()` finds nothing."""
+  global _applied
+  if _applied is not None:
+    return _applied
+  reason = why_not()
+  if reason is not None:
+    _log.debug('malloc settings left alone: %s', reason)
+    _applied = False
+    return False
+  mallopt = ctypes.CDLL(None).mallopt
+  _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS)
+  _log.debug('malloc keeps freed memory for XLA:CPU: %s', _applied)
+  return _applied
