@@ -22,7 +22,7 @@ def test_full_size_parameter_counts_without_allocating(name, expected):
   assert abs(count - expected) / expected < 0.005, count
 
 
-ALLOWED_AXES = {'vocab', 'embed', 'joined_kv', 'mlp', 'heads', 'relpos_buckets', 'layers'}
+ALLOWED_AXES = {'vocab', 'embed', 'joined_kv', 'mlp', 'heads', 'relpos_buckets', 'layers', 'stack'}
 
 
 @pytest.mark.parametrize('scan', [False, True])
