@@ -32,11 +32,20 @@ def _normal(std: float):
   return nn.initializers.normal(stddev=std)
 
 
-def _stacked_normal(stds: tuple[float, ...]):
-  """Normal init of a [D, n, F] kernel whose slice i has standard deviation stds[i]."""
+def stacked_param(module: nn.Module, name: str, stds: tuple[float, ...], shape, axes):
+  """A [D, n, F] kernel initialised bit-identically to n separate [D, F] kernels.
+
+  Slice i is normal(stds[i]) drawn from the key the i-th separate kernel would have
+  drawn (each `param` takes the scope's next 'params' key), so random inits, and every
+  number computed from them, match the per-projection layout of earlier versions.
+  """
   def init(key, shape, dtype=jnp.float32):
-    return jax.random.normal(key, shape, dtype) * jnp.asarray(stds, dtype)[:, None]
-  return init
+    more = ([module.make_rng('params') for _ in stds[1:]] if module.is_initializing()
+            else list(jax.random.split(key, len(stds) - 1)))  # a shape check in `apply`
+    part = shape[:-2] + shape[-1:]
+    return jnp.stack([_normal(std)(k, part, dtype) for k, std in zip([key] + more, stds)],
+                     axis=-2)
+  return param_with_axes(module, name, init, shape, axes)
 
 
 def _unstack(y: Array) -> list[Array]:
@@ -140,9 +149,8 @@ class Attention(nn.Module):
     deltas are added per projection afterwards. Returns n [B, T, heads*d_kv].
     """
     cfg = self.config
-    kernel = param_with_axes(self, name, _stacked_normal(stds),
-                             (x.shape[-1], len(projections), cfg.inner_dim),
-                             ('embed', 'stack', 'joined_kv')).astype(cfg.compute_dtype)
+    kernel = stacked_param(self, name, stds, (x.shape[-1], len(projections), cfg.inner_dim),
+                           ('embed', 'stack', 'joined_kv')).astype(cfg.compute_dtype)
     ys = _unstack(jnp.einsum('BTD,DNF->BTNF', x, kernel))
     return [y + _lora_delta(x, lora[p]) if p in lora else y for p, y in zip(projections, ys)]
 
@@ -242,8 +250,8 @@ class MlpBlock(nn.Module):
     cfg = self.config
     dt = cfg.compute_dtype
     # T5's wi_0 and wi_1, stored stacked [D, 2, F] for one matmul (see Attention._project).
-    wi = param_with_axes(self, 'wi', _normal(cfg.d_model ** -0.5),
-                         (cfg.d_model, 2, cfg.d_ff), ('embed', 'stack', 'mlp'))
+    wi = stacked_param(self, 'wi', (cfg.d_model ** -0.5,) * 2, (cfg.d_model, 2, cfg.d_ff),
+                       ('embed', 'stack', 'mlp'))
     wo = param_with_axes(self, 'wo', _normal(cfg.d_ff ** -0.5),
                          (cfg.d_ff, cfg.d_model), ('mlp', 'embed'))
     h0, h1 = _unstack(jnp.einsum('BTD,DNF->BTNF', x, wi.astype(dt)))
