@@ -120,8 +120,6 @@ def report(e: BaseException, verbose: bool, prog: str = '') -> int:
 
 def guard(body: Callable[[], int | None], verbose: bool, prog: str = '') -> int:
   """Runs `body` behind the boundary: its return code, or 2/1 for errors."""
-  from hyperflax import host_memory
-  host_memory.keep_freed_memory()  # every entry point passes here before JAX starts
   try:
     return int(body() or 0)
   except KeyboardInterrupt:

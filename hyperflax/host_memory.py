@@ -20,9 +20,10 @@ allocator would:
 The cost is that the process keeps its peak heap between steps. It applies
 only where it matters and is safe: a glibc Linux process whose JAX will run
 on the CPU (`JAX_PLATFORMS=cpu`, or no TPU/GPU plugin installed), before JAX
-has started a backend (threads take their arena when they first allocate).
-`HYPERFLAX_HOST_MALLOC=default` leaves malloc alone. Every entry point calls
-it through `cli.guard`; the test suite from `tests/conftest.py`.
+has started a backend. `import hyperflax` calls it first thing, before
+anything imports a library that starts threads: a thread that allocates
+before M_ARENA_MAX is set gets an arena of its own, which later threads
+(XLA's) may then share. `HYPERFLAX_HOST_MALLOC=default` leaves malloc alone.
 """
 
 from __future__ import annotations

@@ -12,8 +12,6 @@ _FAST = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FAST).strip()
 
-# XLA:CPU's per-call buffers stay mapped between calls (hyperflax/host_memory.py),
-# as in every entry point; before any test starts a JAX backend.
-from hyperflax import host_memory  # noqa: E402
-
-host_memory.keep_freed_memory()
+# XLA:CPU's per-call buffers stay mapped between calls, as in every process that
+# imports hyperflax (hyperflax/host_memory.py): before a test module imports anything.
+import hyperflax  # noqa: E402,F401
