@@ -5,7 +5,7 @@
 
 Both models start from one random init: a transformers
 `T5ForConditionalGeneration` is built (tests/hf_fixtures.py) and its weights
-are converted to ours with `hyperflax.model.hf.params_from_tensors`, so both compute
+are converted to ours with `hyperflax.model.hf.name_table`, so both compute
 the same function; the step-0 losses must agree within 1e-4. One step is
 forward, backward, global-norm clipping (1.0) and AdamW (constant lr, no
 weight decay), fp32, dropout 0: our real `make_train_step` under `jax.jit`
@@ -63,10 +63,17 @@ def torch_kwargs(cfg: T5Config) -> dict:
 def torch_to_ours(model, cfg: T5Config) -> dict:
   """Our (unscanned) parameter tree holding a copy of the torch weights."""
   from hyperflax.model import hf
-  tensors = ((k, v.detach().numpy(), 'float32') for k, v in model.state_dict().items())
-  params, _ = hf.params_from_tensors(tensors, cfg, 'the torch model')
-  # Real copies: jax may alias host memory, and torch updates its weights in place.
-  return jax.tree.map(lambda x: jnp.array(x, copy=True), params)
+  state = model.state_dict()
+  params: dict = {}
+  for name, path, transpose in hf.name_table(cfg):
+    value = state[name].detach().numpy()
+    *parents, leaf = path.split('/')
+    node = params
+    for part in parents:
+      node = node.setdefault(part, {})
+    # A real copy: jax may alias host memory, and torch updates its weights in place.
+    node[leaf] = jnp.array(np.ascontiguousarray(value.T if transpose else value), copy=True)
+  return params
 
 
 def make_batch(cfg: T5Config, batch: int, in_len: int, tgt_len: int, seed: int = 0):
@@ -284,8 +291,9 @@ def main(argv=None) -> None:
   warnings.filterwarnings('ignore')
   import torch
   from hyperflax import host_memory
-  # As every entry point does (both sides share the process, so torch gets it too);
-  # HYPERFLAX_HOST_MALLOC=default measures glibc's defaults.
+  # Applied by `import hyperflax` (above), as in every process that imports it; both
+  # sides share the process, so torch gets it too. HYPERFLAX_HOST_MALLOC=default
+  # measures glibc's defaults.
   kept = host_memory.keep_freed_memory()
   print(f'malloc keeps freed memory (hyperflax.host_memory): {kept} '
         f'({host_memory.why_not() or "applied"})')

@@ -45,9 +45,7 @@ def restore_params(path):
       if not isinstance(tree, dict):
         raise ValueError('no readable _METADATA')
       restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-      params = ckptr.restore(target, restore_args=restore_args)
+      return ckptr.restore(target, restore_args=restore_args)
     except Exception as e:  # orbax/tensorstore raise many types for damaged or partial dirs
       raise ValueError(f'{target}: not a readable orbax parameter checkpoint ({type(e).__name__}: '
                        f'{str(e).splitlines()[0][:160] if str(e) else ""})') from e
-  from hyperflax.model import hf
-  return hf.legacy_to_stacked(params)  # written before kernels were stored stacked

@@ -31,18 +31,15 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import importlib.util
-import logging
 import os
-import platform
 import sys
-
-_log = logging.getLogger('hyperflax.host_memory')
 
 # mallopt(3) parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1))
 ENV = 'HYPERFLAX_HOST_MALLOC'
 _applied: bool | None = None
+_reason: str | None = None
 
 
 def _jax_backend_started() -> bool:
@@ -68,11 +65,18 @@ def _accelerator_plugin() -> str | None:
   return plugins[0] if plugins else None
 
 
+def _glibc() -> bool:
+  try:
+    return os.confstr('CS_GNU_LIBC_VERSION').startswith('glibc')
+  except (ValueError, OSError, AttributeError):
+    return False
+
+
 def why_not() -> str | None:
   """Why `keep_freed_memory` would not apply in this process now; None when it would."""
   if os.environ.get(ENV, '') == 'default':
     return f'{ENV}=default'
-  if sys.platform != 'linux' or platform.libc_ver()[0] != 'glibc':
+  if sys.platform != 'linux' or not _glibc():
     return 'not a glibc Linux process'
   platforms = os.environ.get('JAX_PLATFORMS', '').strip().lower()
   if platforms != 'cpu':
@@ -84,17 +88,25 @@ def why_not() -> str | None:
   return None
 
 
+def status() -> str:
+  """One phrase for run logs: what this process's malloc does with freed buffers."""
+  if _applied:
+    return (f'keeps freed memory for XLA:CPU (one arena, {SETTINGS[1][1] >> 20} MiB mmap '
+            f'threshold; {ENV}=default turns it off)')
+  return f'glibc defaults ({_reason or why_not() or "not applied yet"})'
+
+
 def keep_freed_memory() -> bool:
   """Applies the settings above once per process when `why_not()` finds nothing."""
-  global _applied
+  global _applied, _reason
   if _applied is not None:
     return _applied
-  reason = why_not()
-  if reason is not None:
-    _log.debug('malloc settings left alone: %s', reason)
+  _reason = why_not()
+  if _reason is not None:
     _applied = False
     return False
   mallopt = ctypes.CDLL(None).mallopt
   _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS)
-  _log.debug('malloc keeps freed memory for XLA:CPU: %s', _applied)
+  if not _applied:
+    _reason = 'mallopt refused a setting'
   return _applied

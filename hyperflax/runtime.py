@@ -76,6 +76,8 @@ def describe(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
           'jax': jax.__version__}
   if mesh is not None:
     info['mesh'] = {str(k): int(v) for k, v in mesh.shape.items()}
+  from hyperflax import host_memory
+  info['host_malloc'] = host_memory.status()
   return info
 
 
@@ -87,4 +89,5 @@ def log_runtime(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
             info['backend'], info['device_kind'], info['device_count'],
             info['local_device_count'], info['process_index'], info['process_count'],
             info['jax'], f", mesh {info['mesh']}" if 'mesh' in info else '')
+  _log.info('host malloc: %s', info['host_malloc'])
   return info

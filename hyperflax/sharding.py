@@ -47,7 +47,7 @@ BATCH_AXES = ('data', 'fsdp')
 LOGICAL_AXIS_RULES = (
     # Weights.
     ('embed', 'fsdp'), ('mlp', 'tensor'), ('joined_kv', 'tensor'), ('heads', 'tensor'),
-    ('vocab', 'tensor'), ('relpos_buckets', None), ('layers', None), ('stack', None),
+    ('vocab', 'tensor'), ('relpos_buckets', None), ('layers', None),
     ('prefix_len', None), ('lora_rank', None), ('hyper_tokens', None),
     # Activations (and per-example generated PEFT parameters).
     ('act_batch', BATCH_AXES), ('act_len', None), ('act_embed', None),

@@ -88,29 +88,3 @@ def test_missing_tensor_and_bad_config_are_reported(tmp_path):
   cfg['feed_forward_proj'] = 'relu'
   json.dump(cfg, open(os.path.join(src, 'config.json'), 'w'))
   assert convert.main(['hf-to-flax', '--hf', src, '--out', str(tmp_path / 'o')]) == 2
-
-
-def test_params_checkpoint_in_the_per_projection_layout_loads_stacked(tmp_path):
-  """A `hf-to-flax` checkpoint written before session 11 (q/k/v, wi_0/wi_1 separate)
-  loads stacked and exports the same transformers tensors."""
-  from hyperflax import checkpoints
-  from hyperflax.model import hf
-  from hyperflax.model.config import T5Config
-  hf_dir = save_torch_t5(build_torch_t5(), str(tmp_path / 'hf'))
-  config = T5Config.from_hf_dict(json.load(open(os.path.join(hf_dir, 'config.json'))))
-  params, _ = hf.hf_to_params(hf_dir, config)
-  assert params['encoder']['layers_0']['attention']['qkv'].shape[1] == 3
-  legacy = hf.stacked_to_legacy(params, lambda x, n: [x[..., i, :] for i in range(n)])
-  assert set(legacy['decoder']['layers_0']['encoder_decoder_attention']) == {
-      'query', 'key', 'value', 'out'}
-  assert set(legacy['decoder']['layers_0']['mlp']) == {'wi_0', 'wi_1', 'wo'}
-  checkpoints.save_params(tmp_path / 'old', legacy, config)
-  loaded = checkpoints.restore_params(tmp_path / 'old')
-  assert not hf.is_legacy_layout(loaded)
-  import jax
-  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(loaded)):
-    np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
-  hf.params_to_hf(loaded, config, str(tmp_path / 'out'))
-  want, got = _hf_tensors(hf_dir), _hf_tensors(str(tmp_path / 'out'))
-  for name, value in got.items():
-    np.testing.assert_array_equal(value, want[name], err_msg=name)

@@ -72,7 +72,7 @@ def test_copy_errors_and_shared_kinds():
     init_hypermodel(HyperConfig(kind='prefix', prefix_len=2, decoder_layers=1),
                     T5C.replace(scan_layers=True), key, t5_params)
   wrong = random_t5_params(T5C.replace(d_ff=96))
-  with pytest.raises(ValueError, match=r"\['mlp'\]\['wi'\]"):
+  with pytest.raises(ValueError, match='wi_0'):
     init_hypermodel(HyperConfig(kind='prefix', prefix_len=2, decoder_layers=1), T5C, key,
                     wrong)
   # Shared baselines have no backbone: the T5 weights are not needed, nor copied.

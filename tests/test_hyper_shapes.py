@@ -29,7 +29,7 @@ XL_COUNTS = {
 
 # Logical axis names: T5's plus the three the generators add.
 ALLOWED_AXES = {'embed', 'mlp', 'heads', 'kv', 'joined_kv', 'vocab', 'relpos_buckets',
-                'layers', 'hyper_tokens', 'prefix_len', 'lora_rank', 'stack'}
+                'layers', 'hyper_tokens', 'prefix_len', 'lora_rank'}
 
 
 def _config(kind, **kw):

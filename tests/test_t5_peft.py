@@ -150,8 +150,7 @@ def test_prefix_rule_against_numpy_reference():
   out = attn.apply(variables, x, x, causal[None, None], bias,
                    {'prefix': {'k': pk, 'v': pv}})
   p = jax.tree.map(np.asarray, variables['params'])
-  q, k, v = (p['qkv'][:, i] for i in range(3))  # stored stacked [D, 3, F]
-  ref = _reference_attention(x[0], q, k, v, p['out'], bias[0],
+  ref = _reference_attention(x[0], p['query'], p['key'], p['value'], p['out'], bias[0],
                              causal, pk[0], pv[0], heads=2)
   np.testing.assert_allclose(np.asarray(out)[0], ref, atol=1e-5)
 

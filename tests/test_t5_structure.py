@@ -22,7 +22,7 @@ def test_full_size_parameter_counts_without_allocating(name, expected):
   assert abs(count - expected) / expected < 0.005, count
 
 
-ALLOWED_AXES = {'vocab', 'embed', 'joined_kv', 'mlp', 'heads', 'relpos_buckets', 'layers', 'stack'}
+ALLOWED_AXES = {'vocab', 'embed', 'joined_kv', 'mlp', 'heads', 'relpos_buckets', 'layers'}
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -103,42 +103,3 @@ def test_model_code_does_not_import_tensorflow():
           'print("tensorflow" in sys.modules)')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == 'False'
-
-
-def test_stacked_kernels_initialise_as_separate_ones_did():
-  """qkv / kv / wi slices draw the keys separate query/key/value (wi_0/wi_1) kernels
-  drew, in flax's order, so random inits match the per-projection layout bit for bit."""
-  from hyperflax.model.layers import Attention, MlpBlock
-  cfg = preset('tiny')
-  d, f, ff = cfg.d_model, cfg.inner_dim, cfg.d_ff
-  normal = lambda std: nn.initializers.normal(stddev=std)
-
-  class Separate(nn.Module):  # the earlier layout: one param per projection, in call order
-    names: tuple
-    shapes: tuple
-    stds: tuple
-
-    @nn.compact
-    def __call__(self):
-      return {n: self.param(n, normal(s), shape) for n, shape, s in
-              zip(self.names, self.shapes, self.stds)}
-
-  key = jax.random.PRNGKey(7)
-  x = jnp.ones((1, 3, d))
-  std_q, std_kv, std_o = (d * cfg.d_kv) ** -0.5, d ** -0.5, f ** -0.5
-  self_attn = nn.meta.unbox(Attention(cfg).init(key, x, x, None, None))['params']
-  ref = Separate(('query', 'key', 'value', 'out'), ((d, f),) * 3 + ((f, d),),
-                 (std_q, std_kv, std_kv, std_o)).init(key)['params']
-  for i, name in enumerate(('query', 'key', 'value')):
-    np.testing.assert_array_equal(self_attn['qkv'][:, i], ref[name])
-  np.testing.assert_array_equal(self_attn['out'], ref['out'])
-  cross = nn.meta.unbox(Attention(cfg).init(key, x, x + 1, None, None))['params']
-  for i, name in enumerate(('key', 'value')):
-    np.testing.assert_array_equal(cross['kv'][:, i], ref[name])
-  np.testing.assert_array_equal(cross['query'], ref['query'])
-  mlp = nn.meta.unbox(MlpBlock(cfg).init(key, x))['params']
-  ref = Separate(('wi_0', 'wi_1', 'wo'), ((d, ff), (d, ff), (ff, d)),
-                 (d ** -0.5, d ** -0.5, ff ** -0.5)).init(key)['params']
-  np.testing.assert_array_equal(mlp['wi'][:, 0], ref['wi_0'])
-  np.testing.assert_array_equal(mlp['wi'][:, 1], ref['wi_1'])
-  np.testing.assert_array_equal(mlp['wo'], ref['wo'])

@@ -141,32 +141,3 @@ def _template(workdir):
   accum = config.train.grad_accum_steps
   micro = jax.tree.map(lambda x: x[: x.shape[0] // accum], batch)
   return create_state(exp, make_optimizer(config, 6), trainable, jax.random.PRNGKey(1), micro)
-
-
-def test_checkpoint_in_the_per_projection_layout_resumes_stacked(uninterrupted, tmp_path):
-  """Checkpoints written before session 11 hold q/k/v and wi_0/wi_1 as separate kernels;
-  they restore into today's stacked layout, every array bit-exact."""
-  import orbax.checkpoint as ocp
-  from hyperflax.model import hf
-  from hyperflax.training import checkpointing
-  template = _template(uninterrupted)
-  ckpt = checkpointing.Checkpointer(os.path.join(uninterrupted, 'checkpoints'), keep=5)
-  state, meta = ckpt.restore_latest(template)
-  ckpt.close()
-  split = lambda x, n: [np.asarray(x)[..., i, :] for i in range(n)]
-  legacy = hf.stacked_to_legacy(checkpointing._to_tree(state), split)
-  assert hf.is_legacy_layout(legacy) and not hf.is_legacy_layout(checkpointing._to_tree(state))
-  old = tmp_path / 'checkpoints'
-  with checkpointing._manager(old, ocp.CheckpointManagerOptions(create=True)) as manager:
-    manager.save(meta['step'], args=ocp.args.Composite(
-        state=ocp.args.StandardSave(legacy), meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
-  ckpt = checkpointing.Checkpointer(old, keep=5)
-  restored, restored_meta = ckpt.restore_latest(template)
-  ckpt.close()
-  assert restored_meta == meta
-  _assert_trees_equal(restored.opt_state, state.opt_state)
-  _assert_trees_equal(restored.trainable, state.trainable)
-  step, trainable = checkpointing.restore_trainable(old)  # the loaders' path
-  assert step == meta['step']
-  _assert_trees_equal(trainable, state.trainable)

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperflax.model import hf
 from hyperflax.model.config import T5Config
 from hyperflax.model.transformer import T5
 
@@ -33,11 +32,7 @@ def random_t5_params(config: T5Config, seed: int = 0) -> dict:
     fan_in = leaf.shape[-2] if leaf.ndim >= 2 else 1  # scanned kernels: [layers, in, out]
     std = 1.0 if 'embedding' in name else fan_in ** -0.5
     return (std * rng.standard_normal(leaf.shape)).astype(np.float32)
-  # Drawn in the per-projection layout and then stacked: each kernel keeps its own
-  # fan-in, and the draws (and every test number made from them) stay as before.
-  slices = lambda x, n: [jax.ShapeDtypeStruct(x.shape[:-2] + x.shape[-1:], x.dtype)] * n
-  legacy = jax.tree_util.tree_map_with_path(make, hf.stacked_to_legacy(shapes, slices))
-  return hf.legacy_to_stacked(legacy)
+  return jax.tree_util.tree_map_with_path(make, shapes)
 
 
 def random_tokens(seed: int, batch: int, length: int, vocab_size: int,

@@ -3,8 +3,6 @@
 One declarative table maps every transformers tensor name to our parameter
 path and says whether the matrix is transposed (torch Linear stores
 [out, in]; our kernels are [in, out]). The same table is used both ways.
-A path ending in a number names one slice of a kernel we store stacked
-([D, n, F]: self-attention `qkv`, cross-attention `kv`, the MLP's `wi`).
 """
 
 from __future__ import annotations
@@ -19,15 +17,8 @@ from hyperflax.model.config import T5Config
 
 Params = dict[str, Any]
 
-_SELF = {'q': 'qkv/0', 'k': 'qkv/1', 'v': 'qkv/2', 'o': 'out'}
-_CROSS = {'q': 'query', 'k': 'kv/0', 'v': 'kv/1', 'o': 'out'}
-_MLP = {'wi_0': 'wi/0', 'wi_1': 'wi/1', 'wo': 'wo'}
-# Before session 11 these kernels were stored one per projection; old trees are
-# restacked on load (`legacy_to_stacked`): {module name: (stacked name, old names)}.
-_LEGACY = {'attention': ('qkv', ('query', 'key', 'value')),
-           'self_attention': ('qkv', ('query', 'key', 'value')),
-           'encoder_decoder_attention': ('kv', ('key', 'value')),
-           'mlp': ('wi', ('wi_0', 'wi_1'))}
+_ATTN = {'q': 'query', 'k': 'key', 'v': 'value', 'o': 'out'}
+_MLP = ('wi_0', 'wi_1', 'wo')
 
 
 def name_table(config: T5Config) -> list[tuple[str, str, bool]]:
@@ -45,20 +36,18 @@ def name_table(config: T5Config) -> list[tuple[str, str, bool]]:
     rows += [(f'{hf}.0.layer_norm.weight', f'{ours}/pre_attention_layer_norm/scale', False),
              (f'{hf}.1.layer_norm.weight', f'{ours}/pre_mlp_layer_norm/scale', False)]
     rows += [(f'{hf}.0.SelfAttention.{a}.weight', f'{ours}/attention/{b}', True)
-             for a, b in _SELF.items()]
-    rows += [(f'{hf}.1.DenseReluDense.{m}.weight', f'{ours}/mlp/{b}', True)
-             for m, b in _MLP.items()]
+             for a, b in _ATTN.items()]
+    rows += [(f'{hf}.1.DenseReluDense.{m}.weight', f'{ours}/mlp/{m}', True) for m in _MLP]
   for i in range(config.num_decoder_layers):
     hf, ours = f'decoder.block.{i}.layer', f'decoder/layers_{i}'
     rows += [(f'{hf}.0.layer_norm.weight', f'{ours}/pre_self_attention_layer_norm/scale', False),
              (f'{hf}.1.layer_norm.weight', f'{ours}/pre_cross_attention_layer_norm/scale', False),
              (f'{hf}.2.layer_norm.weight', f'{ours}/pre_mlp_layer_norm/scale', False)]
     rows += [(f'{hf}.0.SelfAttention.{a}.weight', f'{ours}/self_attention/{b}', True)
-             for a, b in _SELF.items()]
+             for a, b in _ATTN.items()]
     rows += [(f'{hf}.1.EncDecAttention.{a}.weight', f'{ours}/encoder_decoder_attention/{b}', True)
-             for a, b in _CROSS.items()]
-    rows += [(f'{hf}.2.DenseReluDense.{m}.weight', f'{ours}/mlp/{b}', True)
-             for m, b in _MLP.items()]
+             for a, b in _ATTN.items()]
+    rows += [(f'{hf}.2.DenseReluDense.{m}.weight', f'{ours}/mlp/{m}', True) for m in _MLP]
   return rows
 
 
@@ -67,66 +56,16 @@ _TIED_COPIES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
 
 
 def _get(tree: Params, path: str):
-  """The array at `path`; a trailing number is a slice of a stacked [..., n, F] kernel."""
-  *parts, last = path.split('/')
-  for part in parts:
+  for part in path.split('/'):
     tree = tree[part]
-  return tree[..., int(last), :] if last.isdigit() else tree[last]
+  return tree
 
 
 def _set(tree: Params, path: str, value) -> None:
-  """Sets `path`; slices of a stacked kernel are collected, then `_stack_slices` joins them."""
   *parents, leaf = path.split('/')
   for part in parents:
     tree = tree.setdefault(part, {})
   tree[leaf] = value
-
-
-def _stack_slices(tree):
-  if not isinstance(tree, dict):
-    return tree
-  if tree and all(k.isdigit() for k in tree):
-    return np.stack([tree[str(i)] for i in range(len(tree))], axis=-2)
-  return {k: _stack_slices(v) for k, v in tree.items()}
-
-
-def legacy_to_stacked(tree, stack=np.stack):
-  """A parameter-shaped tree (parameters, an optimiser moment, a shape tree via
-  `stack`) in the per-projection layout of checkpoints written before session 11
-  -> today's stacked layout; trees already stacked come back unchanged."""
-  def walk(node, name):
-    if isinstance(node, (list, tuple)):
-      return type(node)(walk(v, name) for v in node)
-    if not isinstance(node, dict):
-      return node
-    node = {k: walk(v, k) for k, v in node.items()}
-    stacked, parts = _LEGACY.get(name, (None, ()))
-    if parts and all(p in node for p in parts):
-      node[stacked] = stack([node.pop(p) for p in parts], axis=-2)
-    return node
-  return walk(tree, '')
-
-
-def stacked_to_legacy(tree, unstack):
-  """The inverse of `legacy_to_stacked`; `unstack(x, n)` splits x's axis -2 into n."""
-  def walk(node, name):
-    if isinstance(node, (list, tuple)):
-      return type(node)(walk(v, name) for v in node)
-    if not isinstance(node, dict):
-      return node
-    node = {k: walk(v, k) for k, v in node.items()}
-    stacked, parts = _LEGACY.get(name, (None, ()))
-    if stacked in node:
-      node.update(zip(parts, unstack(node.pop(stacked), len(parts))))
-    return node
-  return walk(tree, '')
-
-
-def is_legacy_layout(tree) -> bool:
-  """Whether `tree` holds kernels in the pre-session-11 per-projection layout."""
-  found = []
-  legacy_to_stacked(tree, stack=lambda xs, axis: found.append(1))
-  return bool(found)
 
 
 def stack_layers(params: Params, config: T5Config, stack_fn=np.stack) -> Params:
@@ -194,17 +133,11 @@ def hf_to_params(path: str, config: T5Config) -> tuple[Params, str]:
   Returns:
     (params, dtype) where dtype is the checkpoint's storage dtype.
   """
-  return params_from_tensors(read_safetensors(path), config, path)
-
-
-def params_from_tensors(tensors, config: T5Config, path: str) -> tuple[Params, str]:
-  """`hf_to_params` of (transformers name, float32 array, dtype name) triples
-  (e.g. a torch model's `state_dict()`); `path` names their source in errors."""
   table = {hf: (ours, t) for hf, ours, t in name_table(config)}
   expected = _expected_shapes(config)
   params: Params = {}
   seen, dtypes = set(), set()
-  for name, array, dtype in tensors:
+  for name, array, dtype in read_safetensors(path):
     if name in _TIED_COPIES:
       continue
     if name not in table:
@@ -221,7 +154,7 @@ def params_from_tensors(tensors, config: T5Config, path: str) -> tuple[Params, s
   missing = sorted(set(table) - seen)
   if missing:
     raise ValueError(f'{path}: missing tensors {missing[:5]}{" ..." if len(missing) > 5 else ""}')
-  return _stack_slices(params), (dtypes.pop() if len(dtypes) == 1 else 'float32')
+  return params, (dtypes.pop() if len(dtypes) == 1 else 'float32')
 
 
 def params_to_hf(params: Params, config: T5Config, out_dir: str,
@@ -230,7 +163,6 @@ def params_to_hf(params: Params, config: T5Config, out_dir: str,
   from safetensors.numpy import save_file
   if 'layers' in params.get('encoder', {}):
     params = unstack_layers(params, config)
-  params = legacy_to_stacked(params)
   os.makedirs(out_dir, exist_ok=True)
   tensors = {}
   for hf, ours, transpose in name_table(config):
@@ -262,7 +194,7 @@ def _expected_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
   d, h, ff, v = config.d_model, config.inner_dim, config.d_ff, config.vocab_size
   shapes = {}
   for _, ours, _ in name_table(config):
-    leaf = [p for p in ours.split('/') if not p.isdigit()]  # a slice: its kernel's name
+    leaf = ours.split('/')
     if leaf[-1] == 'scale':
       s = (d,)
     elif leaf[-1] == 'rel_embedding':
@@ -273,7 +205,7 @@ def _expected_shapes(config: T5Config) -> dict[str, tuple[int, ...]]:
       s = (d, v)
     elif leaf[-1] == 'out':
       s = (h, d)
-    elif leaf[-1] in ('query', 'qkv', 'kv'):
+    elif leaf[-1] in ('query', 'key', 'value'):
       s = (d, h)
     elif leaf[-1] == 'wo':
       s = (ff, d)

@@ -32,22 +32,6 @@ def _normal(std: float):
   return nn.initializers.normal(stddev=std)
 
 
-def stacked_param(module: nn.Module, name: str, stds: tuple[float, ...], shape, axes):
-  """A [D, n, F] kernel initialised bit-identically to n separate [D, F] kernels.
-
-  Slice i is normal(stds[i]) drawn from the key the i-th separate kernel would have
-  drawn (each `param` takes the scope's next 'params' key), so random inits, and every
-  number computed from them, match the per-projection layout of earlier versions.
-  """
-  def init(key, shape, dtype=jnp.float32):
-    more = ([module.make_rng('params') for _ in stds[1:]] if module.is_initializing()
-            else list(jax.random.split(key, len(stds) - 1)))  # a shape check in `apply`
-    part = shape[:-2] + shape[-1:]
-    return jnp.stack([_normal(std)(k, part, dtype) for k, std in zip([key] + more, stds)],
-                     axis=-2)
-  return param_with_axes(module, name, init, shape, axes)
-
-
 def _unstack(y: Array) -> list[Array]:
   """[B, T, n, F] -> n arrays [B, T, F]. `split`, not indexing: its gradient is one
   concatenate, where n index slices' would be n zero pads summed."""
@@ -138,21 +122,32 @@ class Attention(nn.Module):
   config: T5Config
   decode: bool = False
 
-  def _project(self, name: str, projections: tuple[str, ...], x: Array,
-               stds: tuple[float, ...], lora: Adapter) -> list[Array]:
-    """`x` through n projections stored as ONE kernel [D, n, heads*d_kv]: one GEMM.
+  def _project(self, names: tuple[str, ...], x: Array, stds: tuple[float, ...],
+               lora: Adapter) -> list[Array]:
+    """Projections of one input by several kernels, as ONE matmul.
 
-    Storing them stacked (self-attention `qkv`, cross-attention `kv`) saves
-    each step the copies that stacking separate kernels cost, forward and
-    backward (`bench/RESULTS.md`, session 11); the `stack` axis is never
-    sharded, so a sharded `joined_kv` stays sharded per projection. LoRA
-    deltas are added per projection afterwards. Returns n [B, T, heads*d_kv].
+    The kernels stay separate parameters (same names, shapes and logical axes);
+    at trace time they are stacked on a new axis ([D, n, heads*d_kv], so a
+    sharded `joined_kv` axis stays sharded per projection) and contracted with
+    `x` in a single dot: one [B*T, D] x [D, n*F] GEMM instead of n skinnier
+    ones, with identical per-element math. LoRA deltas are added per
+    projection afterwards. Returns n arrays [B, T, heads * d_kv].
     """
     cfg = self.config
-    kernel = stacked_param(self, name, stds, (x.shape[-1], len(projections), cfg.inner_dim),
-                           ('embed', 'stack', 'joined_kv')).astype(cfg.compute_dtype)
-    ys = _unstack(jnp.einsum('BTD,DNF->BTNF', x, kernel))
-    return [y + _lora_delta(x, lora[p]) if p in lora else y for p, y in zip(projections, ys)]
+    kernels = [param_with_axes(self, name, _normal(std), (x.shape[-1], cfg.inner_dim),
+                               ('embed', 'joined_kv')).astype(cfg.compute_dtype)
+               for name, std in zip(names, stds)]
+    if len(kernels) == 1:
+      ys = [jnp.einsum('BTD,DF->BTF', x, kernels[0])]
+    else:
+      y = jnp.einsum('BTD,DNF->BTNF', x, jnp.stack(kernels, axis=1))
+      ys = _unstack(y)
+    out = []
+    for name, y in zip(names, ys):
+      if name in lora:
+        y = y + _lora_delta(x, lora[name])
+      out.append(y)
+    return out
 
   @nn.compact
   def __call__(self, inputs_q: Array, inputs_kv: Array, mask: Array | None,
@@ -166,15 +161,11 @@ class Attention(nn.Module):
             if adapter and adapter.get(n) is not None}
     std_q, std_kv = (d * cfg.d_kv) ** -0.5, d ** -0.5
     if inputs_kv is inputs_q:  # self-attention: q, k, v in one matmul
-      q, k, v = self._project('qkv', ('query', 'key', 'value'), inputs_q,
+      q, k, v = self._project(('query', 'key', 'value'), inputs_q,
                               (std_q, std_kv, std_kv), lora)
-    else:  # cross-attention: q of the decoder states; k, v of the encoder's in one matmul
-      wq = param_with_axes(self, 'query', _normal(std_q), (d, cfg.inner_dim),
-                           ('embed', 'joined_kv')).astype(cfg.compute_dtype)
-      q = jnp.einsum('BTD,DF->BTF', inputs_q, wq)
-      if 'query' in lora:
-        q = q + _lora_delta(inputs_q, lora['query'])
-      k, v = self._project('kv', ('key', 'value'), inputs_kv, (std_kv, std_kv), lora)
+    else:  # cross-attention: q alone, k and v of the encoder states in one matmul
+      q, = self._project(('query',), inputs_q, (std_q,), lora)
+      k, v = self._project(('key', 'value'), inputs_kv, (std_kv, std_kv), lora)
     q, k, v = split(q), split(k), split(v)
 
     if self.decode:
@@ -249,12 +240,15 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array, deterministic: bool = True) -> Array:
     cfg = self.config
     dt = cfg.compute_dtype
-    # T5's wi_0 and wi_1, stored stacked [D, 2, F] for one matmul (see Attention._project).
-    wi = stacked_param(self, 'wi', (cfg.d_model ** -0.5,) * 2, (cfg.d_model, 2, cfg.d_ff),
-                       ('embed', 'stack', 'mlp'))
+    wi_0 = param_with_axes(self, 'wi_0', _normal(cfg.d_model ** -0.5),
+                           (cfg.d_model, cfg.d_ff), ('embed', 'mlp'))
+    wi_1 = param_with_axes(self, 'wi_1', _normal(cfg.d_model ** -0.5),
+                           (cfg.d_model, cfg.d_ff), ('embed', 'mlp'))
     wo = param_with_axes(self, 'wo', _normal(cfg.d_ff ** -0.5),
                          (cfg.d_ff, cfg.d_model), ('mlp', 'embed'))
-    h0, h1 = _unstack(jnp.einsum('BTD,DNF->BTNF', x, wi.astype(dt)))
+    # wi_0 and wi_1 in one matmul (stacked at trace time; see Attention._project).
+    wi = jnp.stack([wi_0.astype(dt), wi_1.astype(dt)], axis=1)  # [D, 2, F]
+    h0, h1 = _unstack(jnp.einsum('BTD,DNF->BTNF', x, wi))
     h = jax.nn.gelu(h0, approximate=True) * h1
     h = nn.with_logical_constraint(h, ('act_batch', 'act_len', 'act_mlp'))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)

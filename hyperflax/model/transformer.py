@@ -261,13 +261,12 @@ def fusion_kv(config: T5Config, params: dict, fusion_states: Array,
   """
   from hyperflax.model.layers import _lora_delta
   dec = params['decoder']
-  if 'layers' in dec:  # scan_layers: [L, D, 2, F]
-    kv = dec['layers']['layer']['encoder_decoder_attention']['kv']
-    kv = [kv[i] for i in range(config.num_decoder_layers)]
+  if 'layers' in dec:  # scan_layers: [L, ...] stacked kernels
+    attn = dec['layers']['layer']['encoder_decoder_attention']
+    kernels = {n: [attn[n][i] for i in range(config.num_decoder_layers)] for n in ('key', 'value')}
   else:
-    kv = [dec[f'layers_{i}']['encoder_decoder_attention']['kv']
-          for i in range(config.num_decoder_layers)]
-  kernels = {n: [k[:, j] for k in kv] for j, n in enumerate(('key', 'value'))}
+    kernels = {n: [dec[f'layers_{i}']['encoder_decoder_attention'][n]
+                   for i in range(config.num_decoder_layers)] for n in ('key', 'value')}
   dt = config.compute_dtype
   x = fusion_states.astype(dt)
   cross = ((peft or {}).get('decoder') or {}).get('cross') or {}

@@ -31,7 +31,6 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hyperflax.model import hf
 from hyperflax.workdir import WorkdirError, as_path, file_sha256, write_atomic
 
 log = logging.getLogger('hyperflax.checkpointing')
@@ -108,17 +107,6 @@ def _check_finite(tree, where: str) -> None:
               else jnp.isfinite(leaf).all())
     if not bool(finite):
       raise Unreadable(f'{where}: {jax.tree_util.keystr(path)} holds NaN/Inf')
-
-
-def _unstack_abstract(x: jax.ShapeDtypeStruct, n: int) -> list[jax.ShapeDtypeStruct]:
-  """n slices of a stacked kernel's axis -2, sharded as the kernel less that axis."""
-  shape = x.shape[:-2] + x.shape[-1:]
-  sharding = x.sharding
-  if isinstance(sharding, jax.sharding.NamedSharding):
-    spec = tuple(sharding.spec) + (None,) * (len(x.shape) - len(sharding.spec))
-    sharding = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(
-        *(spec[:-2] + spec[-1:])))
-  return [jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding) for _ in range(n)]
 
 
 def _structure_diff(saved, wanted) -> list[str]:
@@ -266,12 +254,8 @@ class Checkpointer:
     where = self._step_dir(step)
     self._verify(step)
     saved = _guarded(where, lambda: self.manager.item_metadata(step)['state'])
-    # Written before session 11, with one kernel per projection: read in that
-    # layout (same shardings less the stack axis), then stacked.
-    legacy = saved is not None and hf.is_legacy_layout(dict(saved))
-    target = hf.stacked_to_legacy(abstract, _unstack_abstract) if legacy else abstract
     if saved is not None:
-      diffs = _structure_diff(dict(saved), target)
+      diffs = _structure_diff(dict(saved), abstract)
       if diffs:
         raise WorkdirError(f'{os.fspath(where)} holds another architecture than the config '
                            f'({len(diffs)} arrays differ, e.g. {diffs[0]}): use another '
@@ -279,17 +263,11 @@ class Checkpointer:
 
     def restore():
       restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       _check_finite(restored['state'], os.fspath(where))
       return restored
     restored = _guarded(where, restore)
-    state = dict(restored['state'])
-    if legacy:
-      state = jax.tree.map(lambda x, a: jax.device_put(x, a.sharding),
-                           hf.legacy_to_stacked(state, stack=jnp.stack), abstract)
-      log.info('%s: restacked the per-projection kernels of a checkpoint written before '
-               'session 11', os.fspath(where))
-    return state, dict(restored['meta'])
+    return dict(restored['state']), dict(restored['meta'])
 
   def restore_latest(self, template, quarantine: bool = False) -> tuple[Any, dict] | None:
     """Restores the newest readable checkpoint into the structure of `template`.
@@ -355,8 +333,7 @@ def restore_trainable(directory) -> tuple[int, dict]:
                               mngr.item_metadata(step)['state'])
         restored = mngr.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target)))
-        trainable = hf.legacy_to_stacked(
-            jax.tree.map(np.asarray, restored['state']['trainable']))
+        trainable = jax.tree.map(np.asarray, restored['state']['trainable'])
         _check_finite(trainable, where)
       except Exception as e:  # pylint: disable=broad-except
         if not is_damage(e):
