@@ -3,27 +3,30 @@
 XLA:CPU has no caching allocator: each call of a compiled step mallocs its
 temp buffers and frees them when it returns. glibc serves blocks above its
 mmap threshold (32 MiB at most, by default) with fresh `mmap`s, and so does
-any block over 64 MiB asked of a thread's own arena, which is where XLA's
-runtime threads allocate; `free` unmaps them and trims the heap top. So every
-step page-faults its whole working set in again: a T5 v1.1 small train step
-took 214k minor faults and 0.35 s of kernel time (`bench/RESULTS.md`,
+any block over 64 MiB asked of a thread's own arena (where XLA's runtime
+threads allocate); `free` unmaps them and trims the heap top. So every step
+page-faults its working set in again: the tiny T5's train step 12.8k minor
+faults, T5 v1.1 small's 214k and 0.35 s of kernel time (`bench/RESULTS.md`,
 session 11).
 
-`keep_freed_memory()` keeps those pages between calls, as a caching
-allocator would:
+`HYPERFLAX_HOST_MALLOC` chooses, as a caching allocator would, to keep them:
 
-  M_ARENA_MAX 1          every thread allocates from the main heap, which
-                         grows past 64 MiB blocks;
-  M_MMAP_THRESHOLD 1 GiB blocks below it come from that heap;
-  M_TRIM_THRESHOLD 2 GiB freed heap up to this size is kept, not returned.
+  keep (default)  M_MMAP_THRESHOLD 1 GiB: blocks below it come from the heap;
+                  M_TRIM_THRESHOLD 2 GiB: freed heap up to this is kept.
+                  Blocks up to 64 MiB stay mapped (the tiny T5's step: 1.5x
+                  as fast); larger ones, from XLA's threads, still fault.
+  one_arena       also M_ARENA_MAX 1: every thread allocates from the main
+                  heap, which has no 64 MiB limit (T5 v1.1 small's step 1.12x
+                  as fast), but threads then share one malloc lock: compiling
+                  is ~10 % slower. For long CPU runs of larger models.
+  default         glibc's defaults.
 
-The cost is that the process keeps its peak heap between steps. It applies
-only where it matters and is safe: a glibc Linux process whose JAX will run
-on the CPU (`JAX_PLATFORMS=cpu`, or no TPU/GPU plugin installed), before JAX
-has started a backend. `import hyperflax` calls it first thing, before
-anything imports a library that starts threads: a thread that allocates
-before M_ARENA_MAX is set gets an arena of its own, which later threads
-(XLA's) may then share. `HYPERFLAX_HOST_MALLOC=default` leaves malloc alone.
+The cost of keeping is that the process holds its peak heap between steps.
+It applies only where it matters and is safe: a glibc Linux process whose JAX
+will run on the CPU (`JAX_PLATFORMS=cpu`, or no TPU/GPU plugin installed),
+before JAX has started a backend. `import hyperflax` calls it first thing,
+before an import starts threads: a thread that allocates before M_ARENA_MAX
+is set gets an arena of its own, which XLA's threads may later share.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ import sys
 
 # mallopt(3) parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
-SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1))
+_KEEP = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1))
+MODES = {'keep': _KEEP, 'one_arena': ((_M_ARENA_MAX, 1),) + _KEEP, 'default': ()}
 ENV = 'HYPERFLAX_HOST_MALLOC'
 _applied: bool | None = None
 _reason: str | None = None
@@ -74,7 +78,9 @@ def _glibc() -> bool:
 
 def why_not() -> str | None:
   """Why `keep_freed_memory` would not apply in this process now; None when it would."""
-  if os.environ.get(ENV, '') == 'default':
+  if mode() not in MODES:
+    return f'{ENV}={mode()!r} is none of {", ".join(MODES)}'
+  if mode() == 'default':
     return f'{ENV}=default'
   if sys.platform != 'linux' or not _glibc():
     return 'not a glibc Linux process'
@@ -88,16 +94,20 @@ def why_not() -> str | None:
   return None
 
 
+def mode() -> str:
+  """The mode `HYPERFLAX_HOST_MALLOC` asks for (its raw value if unknown)."""
+  return os.environ.get(ENV, '') or 'keep'
+
+
 def status() -> str:
   """One phrase for run logs: what this process's malloc does with freed buffers."""
   if _applied:
-    return (f'keeps freed memory for XLA:CPU (one arena, {SETTINGS[1][1] >> 20} MiB mmap '
-            f'threshold; {ENV}=default turns it off)')
+    return f'{mode()}: keeps freed memory for XLA:CPU ({ENV}=default turns it off)'
   return f'glibc defaults ({_reason or why_not() or "not applied yet"})'
 
 
 def keep_freed_memory() -> bool:
-  """Applies the settings above once per process when `why_not()` finds nothing."""
+  """Applies the mode's settings once per process when `why_not()` finds nothing."""
   global _applied, _reason
   if _applied is not None:
     return _applied
@@ -106,7 +116,7 @@ def keep_freed_memory() -> bool:
     _applied = False
     return False
   mallopt = ctypes.CDLL(None).mallopt
-  _applied = all(mallopt(param, value) == 1 for param, value in SETTINGS)
+  _applied = all(mallopt(param, value) == 1 for param, value in MODES[mode()])
   if not _applied:
     _reason = 'mallopt refused a setting'
   return _applied

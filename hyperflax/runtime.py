@@ -85,9 +85,8 @@ def log_runtime(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """Logs `describe(mesh)` as one line (even where the root logger is quieter) and returns it."""
   info = describe(mesh)
   _log.setLevel(logging.INFO)  # entry points that quiet the root logger still say this
-  _log.info('runtime: backend %s (%s), %d devices (%d local), process %d of %d, jax %s%s',
-            info['backend'], info['device_kind'], info['device_count'],
+  _log.info('runtime: backend %s (%s), %d devices (%d local), process %d of %d, jax %s%s; '
+            'host malloc %s', info['backend'], info['device_kind'], info['device_count'],
             info['local_device_count'], info['process_index'], info['process_count'],
-            info['jax'], f", mesh {info['mesh']}" if 'mesh' in info else '')
-  _log.info('host malloc: %s', info['host_malloc'])
+            info['jax'], f", mesh {info['mesh']}" if 'mesh' in info else '', info['host_malloc'])
   return info

@@ -86,3 +86,5 @@ def test_log_runtime_says_backend_devices_process_and_mesh(caplog):
   assert line.startswith(f'runtime: backend cpu ({jax.devices()[0].device_kind}), '
                          f'{jax.device_count()} devices') and 'process 0 of 1' in line
   assert f"mesh {info['mesh']}" in line
+  assert line.endswith(f"host malloc {info['host_malloc']}")
+  assert info['host_malloc'].startswith(('keeps freed memory', 'glibc defaults ('))
