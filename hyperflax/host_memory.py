@@ -11,15 +11,16 @@ session 11).
 
 `HYPERFLAX_HOST_MALLOC` chooses, as a caching allocator would, to keep them:
 
-  keep (default)  M_MMAP_THRESHOLD 1 GiB: blocks below it come from the heap;
-                  M_TRIM_THRESHOLD 2 GiB: freed heap up to this is kept.
-                  Blocks up to 64 MiB stay mapped (the tiny T5's step: 1.5x
-                  as fast); larger ones, from XLA's threads, still fault.
-  one_arena       also M_ARENA_MAX 1: every thread allocates from the main
-                  heap, which has no 64 MiB limit (T5 v1.1 small's step 1.12x
-                  as fast), but threads then share one malloc lock: compiling
-                  is ~10 % slower. For long CPU runs of larger models.
-  default         glibc's defaults.
+  one_arena       (the default) M_ARENA_MAX 1: every thread allocates from
+                  the main heap, which has no 64 MiB limit; M_MMAP_THRESHOLD
+                  1 GiB: blocks below it come from that heap; M_TRIM_THRESHOLD
+                  2 GiB: freed heap up to this is kept. T5 v1.1 small's train
+                  step 1.08x as fast, the tiny T5's 1.4x, the README demo 1.2x;
+                  compiling alone is ~14 % slower (threads share one malloc lock).
+  keep            the two thresholds only: blocks up to 64 MiB stay mapped
+                  (the tiny step as fast as above), larger ones from XLA's
+                  threads still fault; compiling ~6 % slower.
+  default         glibc's defaults (the test suite's: it is mostly compiling).
 
 The cost of keeping is that the process holds its peak heap between steps.
 It applies only where it matters and is safe: a glibc Linux process whose JAX
@@ -40,7 +41,7 @@ import sys
 # mallopt(3) parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 _KEEP = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, (1 << 31) - 1))
-MODES = {'keep': _KEEP, 'one_arena': ((_M_ARENA_MAX, 1),) + _KEEP, 'default': ()}
+MODES = {'one_arena': ((_M_ARENA_MAX, 1),) + _KEEP, 'keep': _KEEP, 'default': ()}
 ENV = 'HYPERFLAX_HOST_MALLOC'
 _applied: bool | None = None
 _reason: str | None = None
@@ -96,7 +97,7 @@ def why_not() -> str | None:
 
 def mode() -> str:
   """The mode `HYPERFLAX_HOST_MALLOC` asks for (its raw value if unknown)."""
-  return os.environ.get(ENV, '') or 'keep'
+  return os.environ.get(ENV, '') or 'one_arena'
 
 
 def status() -> str:

@@ -12,6 +12,7 @@ _FAST = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=
 if 'xla_backend_optimization_level' not in os.environ.get('XLA_FLAGS', ''):
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + _FAST).strip()
 
-# XLA:CPU's per-call buffers stay mapped between calls, as in every process that
-# imports hyperflax (hyperflax/host_memory.py): before a test module imports anything.
-import hyperflax  # noqa: E402,F401
+# glibc's own malloc settings, not hyperflax's default (hyperflax/host_memory.py): those
+# make compiling, most of the suite's time, 6-14 % slower. Subprocesses inherit it;
+# tests/test_host_memory.py runs every mode explicitly.
+os.environ.setdefault('HYPERFLAX_HOST_MALLOC', 'default')

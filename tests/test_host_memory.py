@@ -67,7 +67,7 @@ def test_why_not(monkeypatch):
   monkeypatch.setenv(host_memory.ENV, 'default')
   assert host_memory.why_not() == f'{host_memory.ENV}=default'
   monkeypatch.setenv(host_memory.ENV, 'always')
-  assert host_memory.why_not() == f"{host_memory.ENV}='always' is none of keep, one_arena, default"
+  assert host_memory.why_not() == f"{host_memory.ENV}='always' is none of one_arena, keep, default"
   monkeypatch.delenv(host_memory.ENV)
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   # The test process has run JAX already: too late to change which arena its threads use.

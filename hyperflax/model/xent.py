@@ -29,13 +29,11 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-# float32 logits per chunk (rows x vocab): 2^23 = 32 MiB. On one CPU core
+# float32 logits per chunk (rows x vocab): 2^22 = 16 MiB. On one CPU core
 # fewer, larger chunks measured faster (the tiny preset's 8 x 16 x 32128
-# logits: one chunk 0.68x the unfused step's time, four chunks 0.81x; T5 v1.1
-# small's 8 x 32 x 32128 in one chunk instead of two: its train step 1.02x as
-# fast, bench/RESULTS.md session 11); at Large/XL this still bounds the
-# vocabulary-sized arrays to a few chunks' worth.
-CHUNK_ELEMENTS = 1 << 23
+# logits: one chunk 0.68x the unfused step's time, four chunks 0.81x); at
+# Large/XL this still bounds the vocabulary-sized arrays to a few chunks' worth.
+CHUNK_ELEMENTS = 1 << 22
 _LOGIT_AXES = ('act_batch', 'act_len', 'act_vocab')
 
 
