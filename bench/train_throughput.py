@@ -291,12 +291,9 @@ def main(argv=None) -> None:
   warnings.filterwarnings('ignore')
   import torch
   from hyperflax import host_memory
-  # Applied by `import hyperflax` (above), as in every process that imports it; both
-  # sides share the process, so torch gets it too. HYPERFLAX_HOST_MALLOC=default
-  # measures glibc's defaults.
-  kept = host_memory.keep_freed_memory()
-  print(f'malloc keeps freed memory (hyperflax.host_memory): {kept} '
-        f'({host_memory.why_not() or "applied"})')
+  # Set by `import hyperflax` (above), as in every process that imports it; both sides
+  # share the process, so torch gets it too. HYPERFLAX_HOST_MALLOC=default: glibc's.
+  print(f'host malloc: {host_memory.status()}')
   cores = len(os.sched_getaffinity(0))
   # Same thread count on both sides: XLA:CPU's pool is sized by the usable CPUs.
   torch.set_num_threads(cores)
