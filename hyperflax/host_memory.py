@@ -52,8 +52,8 @@ def _jax_backend_started() -> bool:
   if jax is None:
     return False
   try:
-    from jax._src import xla_bridge  # private: the registry of started backends
-    return bool(xla_bridge._backends)  # pylint: disable=protected-access
+    from jax._src import xla_bridge  # private module: JAX's registry of started backends
+    return xla_bridge.backends_are_initialized()
   except (ImportError, AttributeError):
     return True  # cannot tell: assume it is too late
 

@@ -27,6 +27,8 @@ from typing import Any
 import jax
 import ml_collections
 
+from hyperflax import host_memory
+
 _log = logging.getLogger('hyperflax.runtime')
 _INSTALL = "pip install -e '.[tpu]' (TPU VM) or '.[cuda]' (NVIDIA)"
 
@@ -76,7 +78,6 @@ def describe(mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
           'jax': jax.__version__}
   if mesh is not None:
     info['mesh'] = {str(k): int(v) for k, v in mesh.shape.items()}
-  from hyperflax import host_memory
   info['host_malloc'] = host_memory.status()
   return info
 

@@ -11,6 +11,8 @@ import pytest
 from hyperflax import host_memory
 
 ROOT = Path(__file__).resolve().parents[1]
+needs_glibc = pytest.mark.skipif(sys.platform != 'linux' or not host_memory._glibc(),
+                                 reason='glibc malloc only')
 
 # A jitted call whose [rows, 4096] float32 matmul output is a temp buffer: 48 MiB is above
 # glibc's default mmap threshold (32 MiB at most), 96 MiB also above a thread arena's 64 MiB.
@@ -39,7 +41,7 @@ def _probe(mib: int, mode: str) -> dict:
   return json.loads(out.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(host_memory.why_not() == 'not a glibc Linux process', reason='glibc only')
+@needs_glibc
 @pytest.mark.parametrize('mib, mode', [(48, 'keep'), (96, 'one_arena')])
 def test_kept_memory_is_not_faulted_in_again(mib, mode):
   default, kept = _probe(mib, 'default'), _probe(mib, mode)
@@ -55,10 +57,9 @@ def test_kept_memory_is_not_faulted_in_again(mib, mode):
   assert kept['faults'] < pages // 20 < default['faults'], (kept, default, pages)
 
 
+@needs_glibc
 def test_keep_alone_does_not_cover_blocks_over_a_thread_arena():
   """Why `one_arena` exists: above 64 MiB, `keep` leaves XLA's thread to mmap."""
-  if host_memory.why_not() == 'not a glibc Linux process':
-    pytest.skip('glibc only')
   pages = 96 * 2 ** 20 // os.sysconf('SC_PAGE_SIZE')
   assert _probe(96, 'keep')['faults'] > pages // 2
 
