@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperflax.model.config import T5Config
+from hyperflax.model.dense import dense
 
 Array = jax.Array
 Adapter = dict[str, Any]
@@ -30,12 +31,6 @@ _NEG_INF = -1e10  # finite, so fully-masked rows stay NaN-free
 
 def _normal(std: float):
   return nn.initializers.normal(stddev=std)
-
-
-def _unstack(y: Array) -> list[Array]:
-  """[B, T, n, F] -> n arrays [B, T, F]. `split`, not indexing: its gradient is one
-  concatenate, where n index slices' would be n zero pads summed."""
-  return [jnp.squeeze(part, 2) for part in jnp.split(y, y.shape[2], axis=2)]
 
 
 def param_with_axes(module: nn.Module, name: str, init, shape, axes):
@@ -124,26 +119,19 @@ class Attention(nn.Module):
 
   def _project(self, names: tuple[str, ...], x: Array, stds: tuple[float, ...],
                lora: Adapter) -> list[Array]:
-    """Projections of one input by several kernels, as ONE matmul.
+    """x projected by each named kernel ([D, heads * d_kv]), LoRA deltas added per projection.
 
-    The kernels stay separate parameters (same names, shapes and logical axes);
-    at trace time they are stacked on a new axis ([D, n, heads*d_kv], so a
-    sharded `joined_kv` axis stays sharded per projection) and contracted with
-    `x` in a single dot: one [B*T, D] x [D, n*F] GEMM instead of n skinnier
-    ones, with identical per-element math. LoRA deltas are added per
-    projection afterwards. Returns n arrays [B, T, heads * d_kv].
+    One GEMM per kernel: stacking them at trace time into one [D, n, F] GEMM
+    was 1.07x in session 8, when XLA:CPU's buffers page-faulted every step;
+    with `host_memory` and `dense` the stack, split and their gradients' copies
+    cost more than the wider GEMM gains (T5 v1.1 small: separate 1.05x stacked).
     """
     cfg = self.config
-    kernels = [param_with_axes(self, name, _normal(std), (x.shape[-1], cfg.inner_dim),
-                               ('embed', 'joined_kv')).astype(cfg.compute_dtype)
-               for name, std in zip(names, stds)]
-    if len(kernels) == 1:
-      ys = [jnp.einsum('BTD,DF->BTF', x, kernels[0])]
-    else:
-      y = jnp.einsum('BTD,DNF->BTNF', x, jnp.stack(kernels, axis=1))
-      ys = _unstack(y)
     out = []
-    for name, y in zip(names, ys):
+    for name, std in zip(names, stds):
+      kernel = param_with_axes(self, name, _normal(std), (x.shape[-1], cfg.inner_dim),
+                               ('embed', 'joined_kv'))
+      y = dense(x, kernel.astype(cfg.compute_dtype))
       if name in lora:
         y = y + _lora_delta(x, lora[name])
       out.append(y)
@@ -160,10 +148,10 @@ class Attention(nn.Module):
     lora = {n: adapter[n] for n in ('query', 'value')
             if adapter and adapter.get(n) is not None}
     std_q, std_kv = (d * cfg.d_kv) ** -0.5, d ** -0.5
-    if inputs_kv is inputs_q:  # self-attention: q, k, v in one matmul
+    if inputs_kv is inputs_q:  # self-attention
       q, k, v = self._project(('query', 'key', 'value'), inputs_q,
                               (std_q, std_kv, std_kv), lora)
-    else:  # cross-attention: q alone, k and v of the encoder states in one matmul
+    else:  # cross-attention: q of the decoder states, k and v of the encoder's
       q, = self._project(('query',), inputs_q, (std_q,), lora)
       k, v = self._project(('key', 'value'), inputs_kv, (std_kv, std_kv), lora)
     q, k, v = split(q), split(k), split(v)
@@ -202,7 +190,7 @@ class Attention(nn.Module):
     out = nn.with_logical_constraint(out, ('act_batch', 'act_len', 'act_heads'))
     wo = param_with_axes(self, 'out', _normal(cfg.inner_dim ** -0.5),
                          (cfg.inner_dim, d), ('joined_kv', 'embed'))
-    return jnp.einsum('BTF,FD->BTD', out, wo.astype(cfg.compute_dtype))
+    return dense(out, wo.astype(cfg.compute_dtype))
 
   def _update_cache(self, k, v, mask, bias):
     """Writes this step's keys/values into the cache; returns all cached ones.
@@ -246,10 +234,7 @@ class MlpBlock(nn.Module):
                            (cfg.d_model, cfg.d_ff), ('embed', 'mlp'))
     wo = param_with_axes(self, 'wo', _normal(cfg.d_ff ** -0.5),
                          (cfg.d_ff, cfg.d_model), ('mlp', 'embed'))
-    # wi_0 and wi_1 in one matmul (stacked at trace time; see Attention._project).
-    wi = jnp.stack([wi_0.astype(dt), wi_1.astype(dt)], axis=1)  # [D, 2, F]
-    h0, h1 = _unstack(jnp.einsum('BTD,DNF->BTNF', x, wi))
-    h = jax.nn.gelu(h0, approximate=True) * h1
+    h = jax.nn.gelu(dense(x, wi_0.astype(dt)), approximate=True) * dense(x, wi_1.astype(dt))
     h = nn.with_logical_constraint(h, ('act_batch', 'act_len', 'act_mlp'))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return jnp.einsum('BTF,FD->BTD', h, wo.astype(dt))
+    return dense(h, wo.astype(dt))
