@@ -1,6 +1,7 @@
 """`model.dense` is x · kernel with the gradients of the plain einsum."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -44,15 +45,17 @@ def test_bfloat16_and_promotion_follow_einsum():
   assert mixed.dtype == _plain(x.astype(jnp.float32), k).dtype == jnp.float32
 
 
-def _dots_shaped(jaxpr, shape) -> int:
-  """dot_generals anywhere in `jaxpr` (sub-jaxprs included) whose output has `shape`."""
-  count = 0
+def _eqns(jaxpr):
+  """Every equation of `jaxpr`, sub-jaxprs included."""
   for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general' and eqn.outvars[0].aval.shape == shape:
-      count += 1
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      count += _dots_shaped(sub, shape)
-  return count
+    yield eqn
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from _eqns(sub)
+
+
+def _dots_shaped(jaxpr, shape) -> int:
+  return sum(e.primitive.name == 'dot_general' and e.outvars[0].aval.shape == shape
+             for e in _eqns(jaxpr))
 
 
 def test_frozen_kernel_gradient_is_never_formed():
@@ -62,20 +65,41 @@ def test_frozen_kernel_gradient_is_never_formed():
   only_x = jax.make_jaxpr(jax.grad(lambda x: jnp.sum(dense(x, k) * g)))(x).jaxpr
   both = jax.make_jaxpr(jax.grad(lambda x, k: jnp.sum(dense(x, k) * g), argnums=(0, 1)))(x, k)
   assert _dots_shaped(only_x, (16, 12)) == 0
-  assert _dots_shaped(both.jaxpr, (16, 12)) == 1  # the check can see one when it is there
+  assert _dots_shaped(both.jaxpr, (16, 12)) >= 1  # it sees one when there (one per platform)
+
+
+def test_frozen_input_gets_only_the_kernel_gradient():
+  x, k, g = _inputs(kernel_shape=(16, 12))
+  dk = jax.grad(lambda k: jnp.sum(dense(x, k) * g))(k)
+  np.testing.assert_allclose(dk, jax.grad(lambda k: jnp.sum(_plain(x, k) * g))(k),
+                             rtol=1e-5, atol=1e-5)
+  jaxpr = jax.make_jaxpr(jax.grad(lambda k: jnp.sum(dense(x, k) * g)))(k).jaxpr
+  assert _dots_shaped(jaxpr, x.shape) == 0  # no input gradient formed
+
+
+@pytest.mark.parametrize('x_shape', [(16,), (4, 16), (2, 3, 4, 16), (0, 5, 16)])
+def test_any_number_of_token_axes(x_shape):
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((16, 3, 4)), jnp.float32)
+  loss = lambda f: lambda x, k: jnp.sum(jnp.sin(f(x, k)))
+  got = jax.grad(loss(dense), argnums=(0, 1))(x, k)
+  want = jax.grad(loss(lambda x, k: jnp.tensordot(x, k, axes=1)), argnums=(0, 1))(x, k)
+  for a, b in zip(got, want):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('platform,barrier', [('cpu', True), ('cuda', False), ('tpu', False)])
+def test_copy_only_when_lowered_for_the_cpu(platform, barrier):
+  # XLA:CPU needs the materialised transpose; GPU/TPU GEMMs take transposed
+  # operands, so lowered for them the backward is autodiff's contraction.
+  x, k, g = _inputs(kernel_shape=(16, 2, 6))
+  step = jax.jit(jax.grad(lambda x, k: jnp.sum(dense(x, k) * g), argnums=(0, 1)))
+  module = jax.export.export(step, platforms=[platform])(x, k).mlir_module()
+  assert ('optimization_barrier' in module) == barrier
 
 
 def test_shape_mismatch_names_both_shapes():
   with pytest.raises(ValueError, match=r'\(3, 5, 16\).*\(8, 12\)'):
     dense(jnp.zeros((3, 5, 16)), jnp.zeros((8, 12)))
-
-
-def test_accelerator_path_is_the_plain_contraction(monkeypatch):
-  # Off the CPU the weight gradient is autodiff's own contraction (no copy).
-  x, k, g = _inputs(kernel_shape=(16, 2, 6))
-  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
-  loss = lambda f: lambda x, k: jnp.sum(f(x, k) * g)
-  dk1 = jax.grad(loss(dense), argnums=1)(x, k)
-  jaxpr = jax.make_jaxpr(jax.grad(loss(dense), argnums=1))(x, k).jaxpr
-  assert not any(e.primitive.name == 'optimization_barrier' for e in jaxpr.eqns)
-  np.testing.assert_allclose(dk1, jax.grad(loss(_plain), argnums=1)(x, k), rtol=1e-5, atol=1e-5)

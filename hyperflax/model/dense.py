@@ -2,19 +2,26 @@
 
 The kernel's gradient is xᵀ · dy, a contraction over every token. Autodiff
 writes it as a dot whose left operand contracts its leading (token) axis;
-XLA:CPU's YNNPACK GEMMs take only row-major, last-axis-contracting operands, so
-that dot falls back to XLA's generic one, which runs at 65–75 % of the
-YNNPACK rate on T5 v1.1 small's shapes (bench/RESULTS.md, session 12). Here the
-backward materialises xᵀ itself ([D, tokens], one copy of an activation) behind
-an optimisation barrier, which keeps XLA from folding the transpose back into
-the dot. Only when tracing for the CPU: GPU and TPU GEMMs take transposed
-operands at no cost, and there the copy would be one more activation pass.
+XLA:CPU's YNNPACK GEMMs need a row-major left operand contracting its last
+axis, so that dot falls back to XLA's generic one, which ran at 59–71 % of the
+YNNPACK rate on T5 v1.1 small's shapes (bench/RESULTS.md, session 12). When
+lowered for the CPU, the backward here materialises xᵀ ([D, tokens], one copy
+of an activation) behind an optimisation barrier, which keeps XLA from folding
+the transpose back into the dot. GPU and TPU GEMMs take transposed operands
+for free, so lowered for them the backward is autodiff's own contraction.
+Under a mesh the reshape merges the token axes: fine when only the batch axis
+is sharded (as `act_len` is by default); a sharded length axis would add an
+all-gather of x on the CPU path.
 
 A kernel that is not differentiated (the frozen T5 under hypertuning) never
-gets its gradient formed (`symbolic_zeros`), as with a plain einsum.
+gets its gradient formed, and x is then not kept for the backward
+(`symbolic_zeros`), as with a plain einsum. Forward-mode autodiff (`jax.jvp`)
+is not defined for it (a custom VJP); nothing here uses it.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +30,21 @@ Array = jax.Array
 
 
 def _apply(x: Array, kernel: Array) -> Array:
+  """[..., D] · [D, *F] -> [..., *F]."""
   return jax.lax.dot_general(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _kernel_grad_cpu(x: Array, g: Array) -> Array:
+  """[D, prod(F)] = xᵀ · g with xᵀ materialised row-major (YNNPACK's layout)."""
+  xt = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, tokens]
+  return jnp.dot(xt, g.reshape(xt.shape[1], math.prod(g.shape[x.ndim - 1:])))
+
+
+def _kernel_grad(x: Array, g: Array) -> Array:
+  """[D, prod(F)]: autodiff's contraction over the token axes."""
+  tokens = tuple(range(x.ndim - 1))
+  dk = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
+  return dk.reshape(x.shape[-1], math.prod(dk.shape[1:]))
 
 
 @jax.custom_vjp
@@ -32,9 +53,11 @@ def _dense(x: Array, kernel: Array) -> Array:
 
 
 def _fwd(x, kernel):
-  # Which cotangents to form travels in the residuals' (static) tree structure.
+  # Residuals: x only if the kernel's gradient is wanted; which cotangents to
+  # form travels in their (static) tree structure.
   wants = {k: () for k, p in (('x', x.perturbed), ('kernel', kernel.perturbed)) if p}
-  return _apply(x.value, kernel.value), (x.value, kernel.value, wants)
+  saved_x = x.value if kernel.perturbed else None
+  return _apply(x.value, kernel.value), (saved_x, kernel.value, wants)
 
 
 def _bwd(res, g):
@@ -42,16 +65,13 @@ def _bwd(res, g):
   if isinstance(g, jax.custom_derivatives.SymbolicZero):
     return None, None
   dx = dk = None
-  out_axes = tuple(range(x.ndim - 1, g.ndim))  # g: [..., *kernel.shape[1:]]
-  if 'x' in wants:
-    dx = jax.lax.dot_general(g, kernel, ((out_axes, tuple(range(1, kernel.ndim))), ((), ())))
+  if 'x' in wants:  # g: [..., *F] contracted with kernel [D, *F] over F
+    f_axes = tuple(range(g.ndim - kernel.ndim + 1, g.ndim))
+    dx = jax.lax.dot_general(g, kernel, ((f_axes, tuple(range(1, kernel.ndim))), ((), ())))
   if 'kernel' in wants:
-    tokens = tuple(range(x.ndim - 1))
-    if jax.default_backend() == 'cpu':
-      xt = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, tokens]
-      dk = jnp.dot(xt, g.reshape(xt.shape[1], -1)).reshape(kernel.shape)
-    else:  # what autodiff of the einsum writes
-      dk = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
+    # Resolved when lowered, per platform: no conditional is left in the program.
+    dk = jax.lax.platform_dependent(x, g, cpu=_kernel_grad_cpu, default=_kernel_grad)
+    dk = dk.reshape(kernel.shape)
   return dx, dk
 
 
@@ -60,7 +80,7 @@ _dense.defvjp(_fwd, _bwd, symbolic_zeros=True)
 
 def dense(x: Array, kernel: Array) -> Array:
   """[..., D] · [D, *F] -> [..., *F], as `jnp.einsum` (inputs promoted to a common dtype)."""
-  dtype = jnp.result_type(x, kernel)
   if x.shape[-1] != kernel.shape[0]:
     raise ValueError(f'dense: x {x.shape} and kernel {kernel.shape} do not contract')
+  dtype = jnp.result_type(x, kernel)
   return _dense(x.astype(dtype), kernel.astype(dtype))

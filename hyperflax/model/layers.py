@@ -119,7 +119,8 @@ class Attention(nn.Module):
 
   def _project(self, names: tuple[str, ...], x: Array, stds: tuple[float, ...],
                lora: Adapter) -> list[Array]:
-    """x projected by each named kernel ([D, heads * d_kv]), LoRA deltas added per projection.
+    """x [B, T, D] projected by each named kernel [D, heads * d_kv], LoRA deltas added per
+    projection. Returns one [B, T, heads * d_kv] array per name.
 
     One GEMM per kernel: stacking them at trace time into one [D, n, F] GEMM
     was 1.07x in session 8, when XLA:CPU's buffers page-faulted every step;
@@ -190,7 +191,7 @@ class Attention(nn.Module):
     out = nn.with_logical_constraint(out, ('act_batch', 'act_len', 'act_heads'))
     wo = param_with_axes(self, 'out', _normal(cfg.inner_dim ** -0.5),
                          (cfg.inner_dim, d), ('joined_kv', 'embed'))
-    return dense(out, wo.astype(cfg.compute_dtype))
+    return dense(out, wo.astype(cfg.compute_dtype))  # [B, T, D]
 
   def _update_cache(self, k, v, mask, bias):
     """Writes this step's keys/values into the cache; returns all cached ones.
@@ -237,4 +238,4 @@ class MlpBlock(nn.Module):
     h = jax.nn.gelu(dense(x, wi_0.astype(dt)), approximate=True) * dense(x, wi_1.astype(dt))
     h = nn.with_logical_constraint(h, ('act_batch', 'act_len', 'act_mlp'))
     h = nn.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return dense(h, wo.astype(dt))
+    return dense(h, wo.astype(dt))  # [B, T, D]
