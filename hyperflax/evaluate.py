@@ -34,14 +34,21 @@ _ARRAY_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets',
                  'target_weights')
 
 
+def eval_data_args(config: ml_collections.ConfigDict, collection: str | None = None) -> dict:
+  """The data settings of the run's evaluation collection (`config.eval.name`), or of another
+  `collection` (which does not take `eval.options`): one derivation for this loop and the
+  SeqIO job (`seqio_eval.register_for_run`)."""
+  d, e = config.data, config.eval
+  options = dict(e.get('options', {}) or {}) if collection in (None, e.name) else {}
+  return dict(seed=config.seed, lengths=tuple(e.get('lengths') or d.get('lengths') or ()) or None,
+              num_shots=d.num_shots, data_dir=d.get('data_dir') or None,
+              vocab_path=d.get('vocab_path') or None, **options)
+
+
 def eval_tasks(config: ml_collections.ConfigDict, exp: Experiment, split: str | None = None):
   from hyperflax import data
-  d, e = config.data, config.eval
-  return data.get_eval_tasks(
-      e.name, split or e.split, seed=config.seed,
-      lengths=tuple(e.get('lengths') or d.get('lengths') or ()) or None,
-      num_shots=d.num_shots, data_dir=d.get('data_dir') or None, mode=exp.data_mode,
-      vocab_path=d.get('vocab_path') or None, **dict(e.get('options', {}) or {}))
+  return data.get_eval_tasks(config.eval.name, split or config.eval.split, mode=exp.data_mode,
+                             **eval_data_args(config))
 
 
 def _device_batch(batch):

@@ -215,17 +215,12 @@ def summarize(suite, task_metrics: dict[str, dict[str, float]]) -> dict:
 
 def register_for_run(config: ml_collections.ConfigDict, mode: str, collection: str | None = None):
   """The run's evaluation collection (or `collection`) as SeqIO Tasks, with
-  the run's data settings (the arguments `hyperflax.evaluate.eval_tasks` passes)."""
+  the run's data settings (`hyperflax.evaluate.eval_data_args`)."""
   from hyperflax import tasks  # pylint: disable=g-import-not-at-top
-  d, e = config.data, config.eval
-  collection = collection or e.name
-  options = dict(e.get('options', {}) or {}) if collection == e.name else {}
+  e = config.eval
   return tasks.register_eval_tasks(
-      collection, seed=config.seed,
-      lengths=tuple(e.get('lengths') or d.get('lengths') or ()) or None,
-      num_shots=d.num_shots, mode=mode, data_dir=d.get('data_dir') or None,
-      vocab_path=d.get('vocab_path') or None,
-      also_generate=bool(e.get('also_generate', False)), **options)
+      collection or e.name, mode=mode, also_generate=bool(e.get('also_generate', False)),
+      **evaluate_lib.eval_data_args(config, collection))
 
 
 def _suite_of(mixture: str):
