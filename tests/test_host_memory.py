@@ -47,9 +47,12 @@ def test_kept_memory_is_not_faulted_in_again(mib, mode):
   default, kept = _probe(mib, 'default'), _probe(mib, mode)
   assert default['status'].startswith('glibc defaults') and kept['status'].startswith(mode)
   pages = mib * 2 ** 20 // os.sysconf('SC_PAGE_SIZE')
-  if mode == 'one_arena' and kept['faults'] >= pages // 20:
-    # Under a loaded pytest-xdist run, 1 in a few `one_arena` probes still faulted every
-    # call (not understood: session 11's notes); a second process settles whether it works.
+  for _ in range(2):
+    if kept['faults'] < pages // 20:
+      break
+    # Under a loaded pytest-xdist run, 1 in a few probes of either mode still faulted every
+    # call (not understood: sessions 11-12's notes in bench/RESULTS.md); fresh processes
+    # settle whether the mode works. Without the settings every probe faults.
     kept = _probe(mib, mode)
   if default['faults'] < pages // 2:
     pytest.skip(f'glibc defaults here fault in only {default["faults"]} pages per call')
