@@ -36,8 +36,8 @@ _ARRAY_FIELDS = ('hyper_inputs', 'encoder_inputs', 'decoder_inputs', 'targets',
 
 def eval_data_args(config: ml_collections.ConfigDict, collection: str | None = None) -> dict:
   """The data settings of the run's evaluation collection (`config.eval.name`), or of another
-  `collection` (which does not take `eval.options`): one derivation for this loop and the
-  SeqIO job (`seqio_eval.register_for_run`)."""
+  `collection` (which does not take `eval.options`): one derivation for this loop, the
+  SeqIO job (`seqio_eval.register_for_run`) and PEFT tuning (`peft_tuning.load_tasks`)."""
   d, e = config.data, config.eval
   options = dict(e.get('options', {}) or {}) if collection in (None, e.name) else {}
   return dict(seed=config.seed, lengths=tuple(e.get('lengths') or d.get('lengths') or ()) or None,

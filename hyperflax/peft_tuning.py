@@ -97,12 +97,8 @@ def task_hyper_inputs(task) -> np.ndarray:
 def load_tasks(config, split: str, mode: str, tasks_per_group: int = 0):
   """`config.eval` tasks of `split` in `mode`; the first `tasks_per_group` per group."""
   from hyperflax import data
-  d, e = config.data, config.eval
-  tasks = data.get_eval_tasks(
-      e.name, split, seed=config.seed,
-      lengths=tuple(e.get('lengths') or d.get('lengths') or ()) or None,
-      num_shots=d.num_shots, data_dir=d.get('data_dir') or None, mode=mode,
-      vocab_path=d.get('vocab_path') or None, **dict(e.get('options', {}) or {}))
+  from hyperflax.evaluate import eval_data_args
+  tasks = data.get_eval_tasks(config.eval.name, split, mode=mode, **eval_data_args(config))
   if tasks_per_group:
     seen = defaultdict(int)
     keep = []

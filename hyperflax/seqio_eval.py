@@ -218,8 +218,9 @@ def register_for_run(config: ml_collections.ConfigDict, mode: str, collection: s
   the run's data settings (`hyperflax.evaluate.eval_data_args`)."""
   from hyperflax import tasks  # pylint: disable=g-import-not-at-top
   e = config.eval
+  collection = collection or e.name
   return tasks.register_eval_tasks(
-      collection or e.name, mode=mode, also_generate=bool(e.get('also_generate', False)),
+      collection, mode=mode, also_generate=bool(e.get('also_generate', False)),
       **evaluate_lib.eval_data_args(config, collection))
 
 

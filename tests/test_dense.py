@@ -68,6 +68,14 @@ def test_frozen_kernel_gradient_is_never_formed():
   assert _dots_shaped(both.jaxpr, (16, 12)) >= 1  # it sees one when there (one per platform)
 
 
+def test_frozen_kernel_does_not_keep_the_input():
+  # The frozen T5's activations need not outlive the forward for its kernels' sake.
+  x, k, _ = _inputs(kernel_shape=(16, 12))
+  saved = lambda f, *args: [a.shape for a in jax.tree.leaves(jax.vjp(f, *args)[1])]
+  assert x.shape not in saved(lambda x: dense(x, k), x)
+  assert x.shape in saved(dense, x, k)  # kept when the kernel is differentiated
+
+
 def test_frozen_input_gets_only_the_kernel_gradient():
   x, k, g = _inputs(kernel_shape=(16, 12))
   dk = jax.grad(lambda k: jnp.sum(dense(x, k) * g))(k)

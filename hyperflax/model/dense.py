@@ -10,8 +10,8 @@ of an activation) behind an optimisation barrier, which keeps XLA from folding
 the transpose back into the dot. GPU and TPU GEMMs take transposed operands
 for free, so lowered for them the backward is autodiff's own contraction.
 Under a mesh the reshape merges the token axes: fine when only the batch axis
-is sharded (as `act_len` is by default); a sharded length axis would add an
-all-gather of x on the CPU path.
+is sharded (`act_len` is unsharded by default, `sharding.py`); a sharded length
+axis would add an all-gather of x on the CPU path.
 
 A kernel that is not differentiated (the frozen T5 under hypertuning) never
 gets its gradient formed, and x is then not kept for the backward
@@ -69,7 +69,7 @@ def _bwd(res, g):
     f_axes = tuple(range(g.ndim - kernel.ndim + 1, g.ndim))
     dx = jax.lax.dot_general(g, kernel, ((f_axes, tuple(range(1, kernel.ndim))), ((), ())))
   if 'kernel' in wants:
-    # Resolved when lowered, per platform: no conditional is left in the program.
+    # Resolved when lowered: a single-platform program holds only its own branch.
     dk = jax.lax.platform_dependent(x, g, cpu=_kernel_grad_cpu, default=_kernel_grad)
     dk = dk.reshape(kernel.shape)
   return dx, dk

@@ -122,10 +122,10 @@ class Attention(nn.Module):
     """x [B, T, D] projected by each named kernel [D, heads * d_kv], LoRA deltas added per
     projection. Returns one [B, T, heads * d_kv] array per name.
 
-    One GEMM per kernel: stacking them at trace time into one [D, n, F] GEMM
-    was 1.07x in session 8, when XLA:CPU's buffers page-faulted every step;
-    with `host_memory` and `dense` the stack, split and their gradients' copies
-    cost more than the wider GEMM gains (T5 v1.1 small: separate 1.05x stacked).
+    One GEMM per kernel: once `dense` puts the weight gradients on XLA:CPU's
+    YNNPACK GEMMs, stacking the kernels at trace time into one [D, n, F] GEMM
+    costs more in copies (stack, split and their gradients) than the wider GEMM
+    gains (T5 v1.1 small: separate 1.05x stacked; bench/RESULTS.md, session 12).
     """
     cfg = self.config
     out = []
