@@ -15,7 +15,7 @@ session 11).
                   the main heap, which has no 64 MiB limit; M_MMAP_THRESHOLD
                   1 GiB: blocks below it come from that heap; M_TRIM_THRESHOLD
                   2 GiB: freed heap up to this is kept. T5 v1.1 small's train
-                  step 1.08x as fast, the tiny T5's 1.4x, the README demo 1.2x;
+                  step 1.08x as fast, the tiny T5's 1.4x, the demo 1.2x (session 11);
                   compiling alone is ~14 % slower (threads share one malloc lock).
   keep            the two thresholds only: blocks up to 64 MiB stay mapped
                   (the tiny step as fast as above), larger ones from XLA's

@@ -9,6 +9,7 @@ from hyperflax.hyper.losses import cross_entropy
 from hyperflax.hyper.testing import random_t5_params, toy_batch
 from hyperflax.model import T5, preset
 from hyperflax.model import xent
+from jaxprs import dot_shapes, eqns
 
 B, T, D, V = 3, 7, 16, 301
 
@@ -62,24 +63,16 @@ def test_scoring_matches_log_softmax_per_row():
 def test_frozen_kernel_gradient_is_never_formed():
   hidden, kernel, targets, weights = _inputs()
   loss = lambda h, k: xent.loss_sums(h, k, targets, weights, chunk=4)[0]
-  shapes = lambda fn: {tuple(v.aval.shape) for e in _eqns(jax.make_jaxpr(fn)(hidden, kernel).jaxpr)
-                       if e.primitive.name == 'dot_general' for v in e.outvars}
+  shapes = lambda fn: dot_shapes(jax.make_jaxpr(fn)(hidden, kernel).jaxpr)
   assert (D, V) not in shapes(jax.grad(loss, argnums=0))
   assert (D, V) in shapes(jax.grad(loss, argnums=1))
-
-
-def _eqns(jaxpr):
-  for eqn in jaxpr.eqns:
-    yield eqn
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      yield from _eqns(sub)
 
 
 def test_no_vocab_sized_array_spans_all_tokens():
   """The compiled train-shaped program holds no [B, T, V] (or [B*T, V]) array."""
   hidden, kernel, targets, weights = _inputs()
   grad = jax.grad(lambda h, k: xent.loss_sums(h, k, targets, weights, chunk=2)[0], (0, 1))
-  shapes = {tuple(v.aval.shape) for e in _eqns(jax.make_jaxpr(grad)(hidden, kernel).jaxpr)
+  shapes = {tuple(v.aval.shape) for e in eqns(jax.make_jaxpr(grad)(hidden, kernel).jaxpr)
             for v in e.outvars}
   assert (B, 2, V) in shapes
   assert not {(B, T, V), (B, T + 1, V), (B * T, V)} & shapes

@@ -11,6 +11,7 @@ from hyperflax.hyper import (KINDS, HyperConfig, build_hypermodel, hypertuning_l
                              init_hypermodel, param_count)
 from hyperflax.hyper.testing import FAST_COMPILE, random_t5_params, toy_batch
 from hyperflax.model import T5, preset
+from jaxprs import dot_shapes
 
 # D=64, inner=32, V=512; uneven stacks (2 encoder, 1 decoder layer) keep compiles short
 # and check that every site gets its own layer count.
@@ -38,17 +39,6 @@ def _setup(kind):
   return hyper, model, params, jax.jit(model.apply, compiler_options=FAST_COMPILE)
 
 
-def _dot_output_shapes(jaxpr) -> set:
-  """Shapes of every dot_general output, sub-jaxprs (scan, pjit, remat) included."""
-  shapes = set()
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
-    for sub in jax.core.jaxprs_in_params(eqn.params):
-      shapes |= _dot_output_shapes(sub)
-  return shapes
-
-
 @pytest.mark.parametrize('kind', KINDS)
 def test_gradients_reach_generator_parameters_only(kind):
   hyper, model, params, _ = _setup(kind)
@@ -70,10 +60,10 @@ def test_gradients_reach_generator_parameters_only(kind):
   assert len(jaxpr.out_avals) == len(jax.tree.leaves(params)) + (
       4 if kind == 'hart' else 3)  # + metrics
   lm_head_grad = {(T5C.d_model, T5C.vocab_size), (T5C.vocab_size, T5C.d_model)}
-  assert not lm_head_grad & _dot_output_shapes(jaxpr.jaxpr)
+  assert not lm_head_grad & dot_shapes(jaxpr.jaxpr)
   # Control: the same check does see it when the frozen tree is differentiated.
   both = jax.make_jaxpr(jax.grad(loss_fn, argnums=(0, 1), has_aux=True))(params, frozen)
-  assert lm_head_grad & _dot_output_shapes(both.jaxpr)
+  assert lm_head_grad & dot_shapes(both.jaxpr)
 
   grads, metrics = jax.jit(grad_fn, compiler_options=FAST_COMPILE)(params, frozen)
   assert jax.tree.structure(grads) == jax.tree.structure(params)

@@ -35,16 +35,16 @@ def _apply(x: Array, kernel: Array) -> Array:
 
 
 def _kernel_grad_cpu(x: Array, g: Array) -> Array:
-  """[D, prod(F)] = xᵀ · g with xᵀ materialised row-major (YNNPACK's layout)."""
+  """[D, *F] = xᵀ · g with xᵀ materialised row-major (YNNPACK's layout)."""
+  f_shape = g.shape[x.ndim - 1:]
   xt = jax.lax.optimization_barrier(x.reshape(-1, x.shape[-1]).T)  # [D, tokens]
-  return jnp.dot(xt, g.reshape(xt.shape[1], math.prod(g.shape[x.ndim - 1:])))
+  return jnp.dot(xt, g.reshape(xt.shape[1], math.prod(f_shape))).reshape(x.shape[-1:] + f_shape)
 
 
 def _kernel_grad(x: Array, g: Array) -> Array:
-  """[D, prod(F)]: autodiff's contraction over the token axes."""
+  """[D, *F]: autodiff's contraction over the token axes."""
   tokens = tuple(range(x.ndim - 1))
-  dk = jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
-  return dk.reshape(x.shape[-1], math.prod(dk.shape[1:]))
+  return jax.lax.dot_general(x, g, ((tokens, tokens), ((), ())))
 
 
 @jax.custom_vjp
@@ -71,7 +71,6 @@ def _bwd(res, g):
   if 'kernel' in wants:
     # Resolved when lowered: a single-platform program holds only its own branch.
     dk = jax.lax.platform_dependent(x, g, cpu=_kernel_grad_cpu, default=_kernel_grad)
-    dk = dk.reshape(kernel.shape)
   return dx, dk
 
 
